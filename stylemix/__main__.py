@@ -130,7 +130,8 @@ def cmd_convert(args) -> int:
 def cmd_fetch(args) -> int:
     from .pretrained import fetch
 
-    path = fetch(args.name, force=args.force, progress=not args.quiet)
+    path = fetch(args.name, force=args.force, progress=not args.quiet,
+                 allow_unverified=True if args.allow_unverified else None)
     print(path)
     return 0
 
@@ -183,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fetch", help="download a registered model into $STYLEMIX_CACHE")
     f.add_argument("name")
     f.add_argument("--force", action="store_true", help="download again even if cached")
+    f.add_argument("--allow-unverified", action="store_true",
+                   help="install a file whose sha256 is not published (prints the computed sha256)")
     f.add_argument("--quiet", action="store_true")
     f.set_defaults(func=cmd_fetch)
 
