@@ -128,6 +128,17 @@ _BUILTIN = [
         url=_NV_BASE + "ffhq.pkl",
         licence=_NV_LICENCE, source_page=_NV_SOURCE,
         description="NVIDIA StyleGAN2-ADA release ffhq.pkl, 1024x1024, trained with original StyleGAN2"),
+    # The standard FID/KID feature network (TorchScript Inception-v3). Its sha256 is not published by
+    # NVIDIA; this value is the one pinned by crowsonkb/k-diffusion (k_diffusion/evaluation.py) and
+    # other public projects that verify the same file.
+    ModelEntry(
+        name="inception-2015-12-05", resolution=0, kind="other",
+        url=_NV_BASE + "metrics/inception-2015-12-05.pt",
+        sha256="f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4",
+        licence="Inception-v3 weights from TensorFlow's inception-2015-12-05 (Apache-2.0); TorchScript "
+                "file hosted by NVIDIA with stylegan2-ada-pytorch (" + _NV_LICENCE + ")",
+        source_page="https://github.com/NVlabs/stylegan2-ada-pytorch (metrics/frechet_inception_distance.py)",
+        description="FID/KID feature network: detector(uint8 NCHW, return_features=True) -> [N, 2048]"),
 ]
 
 _REGISTRY: dict[str, ModelEntry] = {e.name: e for e in _BUILTIN}
