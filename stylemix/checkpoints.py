@@ -890,46 +890,13 @@ def _jsonable(value, what: str):
         raise ValueError(f"{what} must be JSON-serialisable: {exc} (got {value!r})"[:500]) from None
 
 
-def _infer_generator_kwargs(G) -> dict:
-    """Constructor kwargs of one of our Generators that carries no `init_kwargs`, read from its
-    structure; checked by building the same class on the meta device and comparing state dicts."""
-    syn, mp = G.synthesis, G.mapping
-    channels = {res: getattr(syn, f"b{res}").conv1.out_channels for res in syn.block_resolutions}
-    base, cmax = _channel_fit(channels, path="<generator>")
-    blocks = [getattr(syn, f"b{res}") for res in syn.block_resolutions]
-    b4 = blocks[0]
-    synthesis_kwargs = dict(channel_base=base, channel_max=cmax,
-                            num_fp16_res=sum(1 for b in blocks if getattr(b, "use_fp16", False)),
-                            conv_clamp=getattr(b4.conv1, "conv_clamp", None),
-                            architecture=getattr(b4, "architecture", "skip"))
-    taps = _kernel_taps(b4.resample_filter) if hasattr(b4, "resample_filter") else None
-    if taps is not None and taps != [1.0, 3.0, 3.0, 1.0]:
-        synthesis_kwargs["resample_filter"] = taps
-    fc0 = mp.fc0
-    mapping_kwargs = dict(num_layers=mp.num_layers, activation=fc0.activation,
-                          lr_multiplier=float(fc0.bias_gain), w_avg_beta=mp.w_avg_beta)
-    if mp.num_layers > 1:
-        mapping_kwargs["layer_features"] = fc0.out_features
-    if G.c_dim and hasattr(mp, "embed"):
-        mapping_kwargs["embed_features"] = mp.embed.out_features
-    kwargs = dict(z_dim=G.z_dim, c_dim=G.c_dim, w_dim=G.w_dim, img_resolution=G.img_resolution,
-                  img_channels=G.img_channels, mapping_kwargs=mapping_kwargs, synthesis_kwargs=synthesis_kwargs)
-    with torch.device("meta"):
-        probe = type(G)(**copy.deepcopy(kwargs))
-    mine = {k: tuple(v.shape) for k, v in G.state_dict().items()}
-    theirs = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
-    if mine != theirs:
-        raise ValueError("cannot tell the constructor arguments of this Generator; set G.init_kwargs "
-                         "to the keyword arguments it was built with")
-    return kwargs
-
-
 def generator_kwargs(G) -> dict:
     """The keyword arguments that rebuild `G` (its `init_kwargs` when it has them)."""
     kw = getattr(G, "init_kwargs", None)
-    if isinstance(kw, dict):
-        return copy.deepcopy(_plain(kw))
-    return _infer_generator_kwargs(G)
+    if not isinstance(kw, dict):
+        raise ValueError(f"{type(G).__name__} has no init_kwargs: build it with "
+                         "stylemix.networks.stylegan2.Generator(...) so its constructor arguments are recorded")
+    return copy.deepcopy(_plain(kw))
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -1037,6 +1004,22 @@ def _load_stylemix(path: Path, *, device, only: tuple[str, ...] | None) -> dict:
 _TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 
 
+def _is_safetensors(path: Path, head: bytes, size: int) -> bool:
+    """True when the file starts with a safetensors header: u64 length, then a JSON object."""
+    if len(head) < 10 or head[8:9] != b"{":
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    if not 2 <= n <= min(size - 8, 100 << 20):
+        return False
+    with open(path, "rb") as f:
+        f.seek(8)
+        raw = f.read(n)
+    try:
+        return isinstance(json.loads(raw), dict)
+    except ValueError:
+        return False
+
+
 def detect_format(path) -> str:
     """FORMAT_NVIDIA, FORMAT_ROSINALITY (any torch.save file) or FORMAT_STYLEMIX, from the bytes."""
     path = Path(path)
@@ -1048,6 +1031,10 @@ def detect_format(path) -> str:
         raise CheckpointError(f"{path}: cannot open checkpoint: {exc.strerror or exc}", path=path) from None
     if size == 0:
         raise CheckpointError(f"{path}: empty file, not a checkpoint", path=path)
+    # safetensors first: its 8-byte little-endian header length can begin with any byte, including
+    # ones that also open a pickle (0x80, 'c', '(' ...), so a valid JSON header decides it.
+    if _is_safetensors(path, head, size):
+        return FORMAT_STYLEMIX
     if head.startswith(b"PK\x03\x04"):
         try:
             with zipfile.ZipFile(path) as z:
@@ -1063,10 +1050,6 @@ def detect_format(path) -> str:
         return FORMAT_NVIDIA
     if head[:1] in (b"c", b"(", b"}", b"]", b")"):
         return FORMAT_NVIDIA  # protocol 0/1 pickle: read (and refused where needed) by the same unpickler
-    if len(head) >= 9:
-        (n,) = struct.unpack("<Q", head[:8])
-        if 2 <= n <= size - 8 and head[8:9] == b"{":
-            return FORMAT_STYLEMIX
     raise CheckpointError(f"{path}: unknown checkpoint format (not an NVIDIA pickle, a torch file or a "
                           f"StyleMix safetensors file; starts with {head[:16]!r})", path=path)
 
