@@ -1,0 +1,478 @@
+"""Tests for training.stylegan2: configs, losses and regularisers, the loop, snapshots, resume,
+fine-tuning, the CLI, SIGKILL + resume, and two gloo processes under torchrun.
+
+Everything runs 16x16 networks with 32 channels; torch is held to one thread (the machine is
+shared; two threads on two busy cores run ~10x slower).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.stylegan2 import snapshot as snap_io
+from training.stylegan2.configs import resolve_spec
+from training.stylegan2.loss import StyleGAN2Loss
+from training.stylegan2.train import build_options, build_parser, main
+from training.stylegan2.training_loop import InfiniteSampler, Trainer, TrainingSet
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--cfg", "lite", "--cbase", "256", "--cmax", "32", "--map", "1", "--wdim", "32", "--batch", "4",
+        "--workers", "0"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class MemImages:
+    """Smooth random uint8 images [3, res, res] (and one-hot labels when c_dim > 0)."""
+
+    def __init__(self, n=16, res=16, c_dim=0, seed=0):
+        rs = np.random.RandomState(seed)
+        low = rs.uniform(0, 255, size=(n, 3, 4, 4))
+        self.x = np.kron(low, np.ones((1, 1, res // 4, res // 4))).astype(np.uint8)
+        self.labels = np.eye(max(c_dim, 1), dtype=np.float32)[rs.randint(max(c_dim, 1), size=n)][:, :c_dim]
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.labels[i]
+
+
+def make_options(extra=(), *, ds=None, use_labels=False, world_size=1):
+    ts = TrainingSet(ds if ds is not None else MemImages(), name="mem", use_labels=use_labels)
+    args = build_parser().parse_args(["--data", ".", *TINY, *extra])
+    return build_options(args, training_set=ts, world_size=world_size), ts
+
+
+def make_trainer(extra=(), **kw):
+    o, ts = make_options(extra, **{k: v for k, v in kw.items() if k in ("ds", "use_labels")})
+    return Trainer(o, ts, **{k: v for k, v in kw.items() if k not in ("ds", "use_labels")})
+
+
+def write_png_folder(folder: Path, n=16, size=16, seed=0) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rs = np.random.RandomState(seed)
+    for i in range(n):
+        low = rs.uniform(0, 255, size=(4, 4, 3))
+        img = np.kron(low, np.ones((math.ceil(size / 4), math.ceil(size / 4), 1)))[:size, :size]
+        Image.fromarray(img.astype(np.uint8)).save(folder / f"img{i:03d}.png")
+    return folder
+
+
+def run_main(argv) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def subprocess_env() -> dict:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
+    return env
+
+
+# ------------------------------------------------------------------------------------------------
+# Configs
+
+
+def test_configs_official_values_and_auto_formula():
+    s = resolve_spec("paper256", resolution=256, gpus=8)
+    assert (s["mb"], s["mbstd"], s["fmaps"], s["lrate"], s["gamma"], s["ema"], s["ramp"], s["map"]) == \
+        (64, 8, 0.5, 0.0025, 1, 20, None, 8)
+    assert s["cbase"] == 16384 and s["cmax"] == 512 and s["batch_gpu"] == 8
+    s = resolve_spec("stylegan2", resolution=1024, gpus=1)
+    assert (s["mb"], s["mbstd"], s["fmaps"], s["lrate"], s["gamma"], s["ema"]) == (32, 4, 1, 0.002, 10, 10)
+    assert s["batch_gpu"] == 4  # mb // ref_gpus: 8 rounds per step on one GPU, like the official code
+    assert resolve_spec("paper512", resolution=512, gpus=8)["gamma"] == 0.5
+    assert resolve_spec("paper1024", resolution=1024, gpus=8)["gamma"] == 2
+    # auto: mb = max(min(gpus * min(4096 // res, 32), 64), gpus), gamma = 0.0002 res^2 / mb, ema = mb * 10 / 32
+    s = resolve_spec("auto", resolution=256, gpus=8)
+    assert (s["mb"], s["mbstd"], s["fmaps"], s["lrate"], s["ema"], s["ramp"], s["map"]) == \
+        (64, 4, 0.5, 0.0025, 20, 0.05, 2)
+    assert s["gamma"] == pytest.approx(0.0002 * 256 ** 2 / 64)
+    s = resolve_spec("auto", resolution=1024, gpus=1)
+    assert (s["mb"], s["mbstd"], s["fmaps"], s["lrate"]) == (4, 4, 1, 0.002)
+    assert s["gamma"] == pytest.approx(0.0002 * 1024 ** 2 / 4) and s["ema"] == pytest.approx(1.25)
+    s = resolve_spec("lite", resolution=64, gpus=1)
+    assert (s["cbase"], s["cmax"], s["map"], s["mb"]) == (2048, 128, 2, 32)
+    assert s["gamma"] == pytest.approx(0.0002 * 64 ** 2 / 32) and s["ema"] == 10 and s["ramp"] == 0.05
+    with pytest.raises(ValueError, match="unknown --cfg"):
+        resolve_spec("paper2048", resolution=64, gpus=1)
+    with pytest.raises(ValueError, match="power of two"):
+        resolve_spec("auto", resolution=48, gpus=1)
+
+
+def test_lazy_regularisation_optimisers_and_options():
+    tr = make_trainer()
+    assert [p.name for p in tr.phases] == ["Gmain", "Greg", "Dmain", "Dreg"]
+    assert [p.interval for p in tr.phases] == [1, 4, 1, 16]
+    g, d = tr.opts["G"].param_groups[0], tr.opts["D"].param_groups[0]
+    assert g["lr"] == pytest.approx(0.0025 * 4 / 5) and d["lr"] == pytest.approx(0.0025 * 16 / 17)
+    assert g["betas"] == pytest.approx((0, 0.99 ** (4 / 5))) and d["betas"] == pytest.approx((0, 0.99 ** (16 / 17)))
+    assert g["eps"] == 1e-8
+    o = tr.options
+    assert o["loss_kwargs"] == dict(r1_gamma=pytest.approx(0.0002 * 16 ** 2 / 32), pl_weight=2, pl_decay=0.01,
+                                    pl_batch_shrink=2, style_mixing_prob=0.9)
+    assert o["ema_kimg"] == pytest.approx(32 * 10 / 32) and o["ema_rampup"] == 0.05
+    assert o["aug"] == "ada" and o["ada_target"] == 0.6 and o["augpipe"] == "bgc" and o["ada_kimg"] == 500
+    o2, _ = make_options(["--gamma", "3", "--resume", "x.pkl", "--aug", "fixed", "--p", "0.2"])
+    assert o2["loss_kwargs"]["r1_gamma"] == 3 and o2["ada_kimg"] == 100 and o2["ema_rampup"] is None
+    assert o2["augment_p"] == 0.2 and o2["ada_target"] is None
+    assert o2["desc"] == "mem-lite-gamma3-batch4-fixed-p0.2-resumex"
+
+
+# ------------------------------------------------------------------------------------------------
+# Losses and the loop
+
+
+def test_steps_losses_finite_regularisers_and_ema():
+    tr = make_trainer()
+    tr.train_step()  # step 0: Gmain, Greg, Dmain, Dreg all run
+    stats = tr.stats.collect(1)
+    for key in ("Loss/G/loss", "Loss/D/loss", "Loss/pl_penalty", "Loss/r1_penalty", "Loss/G/reg", "Loss/D/reg"):
+        assert key in stats and math.isfinite(stats[key]), (key, stats)
+    assert stats["Loss/r1_penalty"] > 0 and stats["Loss/pl_penalty"] > 0
+    assert float(tr.loss.pl_mean) > 0
+    # EMA ramp-up: at cur_nimg = 0 the EMA length is 0, so G_ema == G after the first step.
+    for pe, p in zip(tr.G_ema.parameters(), tr.G.parameters()):
+        assert torch.equal(pe, p)
+    for _ in range(2):
+        tr.train_step()
+    assert any(not torch.equal(pe, p) for pe, p in zip(tr.G_ema.parameters(), tr.G.parameters()))
+    w = dict(tr.G.named_buffers())["mapping.w_avg"]
+    assert torch.equal(dict(tr.G_ema.named_buffers())["mapping.w_avg"], w) and w.abs().sum() > 0
+    for net in (tr.G, tr.D):
+        assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
+def test_r1_and_path_length_backpropagate_through_double_backward():
+    tr = make_trainer(["--aug", "fixed", "--p", "0.5"])  # through the augment pipe, too
+    real = torch.from_numpy(MemImages(4).x).float() / 127.5 - 1
+    c = torch.zeros([4, 0])
+    z = torch.randn([4, tr.G.z_dim])
+    for phase, net in (("Dreg", tr.D), ("Greg", tr.G)):
+        net.requires_grad_(True)
+        for p in net.parameters():
+            p.grad = None
+        tr.loss.accumulate_gradients(phase, real, c, z, c, gain=4)
+        grads = [p.grad for p in net.parameters()]
+        net.requires_grad_(False)
+        assert all(g is not None for g in grads), phase  # every parameter takes part (all-reduce needs it)
+        assert sum(float(g.abs().sum()) for g in grads) > 0, phase
+        assert all(torch.isfinite(g).all() for g in grads), phase
+
+
+def test_style_mixing_regularisation():
+    G = make_trainer().G
+    loss = StyleGAN2Loss(G, None, style_mixing_prob=1.0)
+    torch.manual_seed(0)
+    _, ws = loss.run_G(torch.randn([2, G.z_dim]), torch.zeros([2, 0]))
+    assert not torch.equal(ws[:, 0], ws[:, -1])  # two latents: switched at a random layer
+    loss = StyleGAN2Loss(G, None, style_mixing_prob=0.0)
+    _, ws = loss.run_G(torch.randn([2, G.z_dim]), torch.zeros([2, 0]))
+    assert torch.equal(ws[:, 0], ws[:, -1])
+
+
+def test_freezed_layers_stay_bit_identical():
+    tr = make_trainer(["--freezed", "2"])
+    b = tr.D.b16
+    frozen = {"b16.fromrgb.weight": b.fromrgb.weight, "b16.conv0.weight": b.conv0.weight}
+    before = {k: v.clone() for k, v in tr.D.state_dict().items()}
+    opt_params = {id(p) for g in tr.opts["D"].param_groups for p in g["params"]}
+    assert all(id(t) not in opt_params for t in frozen.values())
+    for _ in range(2):
+        tr.train_step()
+    after = tr.D.state_dict()
+    for k in ("b16.fromrgb.weight", "b16.fromrgb.bias", "b16.conv0.weight", "b16.conv0.bias"):
+        assert torch.equal(before[k], after[k]), k
+    assert not torch.equal(before["b16.conv1.weight"], after["b16.conv1.weight"])
+    assert not torch.equal(before["b4.fc.weight"], after["b4.fc.weight"])
+
+
+def test_conditional_training_step():
+    tr = make_trainer(["--cond"], ds=MemImages(c_dim=3), use_labels=True)
+    assert tr.G.c_dim == 3 and tr.D.c_dim == 3
+    tr.train_step()
+    assert math.isfinite(tr.stats.collect(1)["Loss/D/loss"])
+
+
+def test_sampler_splits_ranks_and_resumes_at_offset():
+    r0 = InfiniteSampler(10, rank=0, world_size=2, seed=3)
+    r1 = InfiniteSampler(10, rank=1, world_size=2, seed=3)
+    a, b = iter(r0), iter(r1)
+    first = [next(a) for _ in range(5)] + [next(b) for _ in range(5)]
+    assert sorted(first) == list(range(10))  # one epoch, split between the ranks
+    it = iter(InfiniteSampler(10, seed=3))
+    seq = [next(it) for _ in range(25)]
+    it2 = iter(InfiniteSampler(10, seed=3, start=12))
+    assert [next(it2) for _ in range(13)] == seq[12:]
+
+
+def test_resume_in_process_is_exact():
+    a = make_trainer()
+    for _ in range(18):
+        a.train_step()
+    b = make_trainer()
+    for _ in range(7):
+        b.train_step()
+    state = b.state_dict()
+    c = make_trainer(resume=dict(kind="state", state=state, source="mem"))
+    assert c.batch_idx == 7 and c.cur_nimg == 28
+    for _ in range(11):
+        c.train_step()
+    for name in ("G", "D", "G_ema"):
+        sa, sc = getattr(a, name).state_dict(), getattr(c, name).state_dict()
+        assert all(torch.equal(sa[k], sc[k]) for k in sa), name
+    assert float(a.augment_pipe.p) == float(c.augment_pipe.p) and a.ada.num_batches == c.ada.num_batches
+
+
+def test_resume_shape_mismatch_lists_keys(tmp_path):
+    src = make_trainer()
+    nets = dict(kind="networks", G=src.G.state_dict(), D=src.D.state_dict(), G_ema=src.G_ema.state_dict(),
+                source="ckpt.pkl")
+    o, ts = make_options(["--cmax", "16"])
+    with pytest.raises(ValueError) as e:
+        Trainer(o, ts, resume=nets)
+    msg = str(e.value)
+    assert "ckpt.pkl" in msg and "differing key(s)" in msg
+    assert "synthesis.b4.conv1.weight [32, 32, 3, 3] in checkpoint vs [16, 16, 3, 3] in this run" in msg
+    o, ts = make_options(["--map", "2"])
+    with pytest.raises(ValueError, match=r"mapping\.fc1\.weight missing in checkpoint \(run has \[32, 32\]\)"):
+        Trainer(o, ts, resume=nets)
+    # A snapshot's training state is checked the same way.
+    with pytest.raises(ValueError, match="state.pt: G does not match"):
+        make_trainer(["--cmax", "16"], resume=dict(kind="state", state=src.state_dict(), source="state.pt"))
+
+
+def test_finetune_from_official_pickle_and_from_snapshot(tmp_path):
+    from tests._ckpt_fakes import fake_official_modules, official_pickle_bytes
+
+    src = make_trainer()
+    for _ in range(2):
+        src.train_step()
+    with fake_official_modules(tmp_path / "marker"):
+        data = official_pickle_bytes({"G": (src.G, src.options["G_kwargs"]), "D": (src.D, src.options["D_kwargs"]),
+                                      "G_ema": (src.G_ema, src.options["G_kwargs"])}, marker=tmp_path / "marker")
+    (tmp_path / "net.pkl").write_bytes(data)
+    nets = snap_io.load_resume_networks(tmp_path / "net.pkl")
+    assert not (tmp_path / "marker").exists()
+    tr = make_trainer(["--resume", str(tmp_path / "net.pkl"), "--freezed", "3"], resume=dict(kind="networks", **nets))
+    for name in ("G", "D", "G_ema"):
+        ref, got = getattr(src, name).state_dict(), getattr(tr, name).state_dict()
+        assert all(torch.equal(ref[k], got[k]) for k in ref), name
+    assert tr.batch_idx == 0 and tr.options["ada_kimg"] == 100
+    tr.train_step()
+
+    # Our own G_ema snapshot (safetensors) has no D: G and G_ema start from it, D from scratch.
+    from stylemix.checkpoints import save_generator
+
+    save_generator(src.G_ema, tmp_path / "g.safetensors", provenance={"test": True})
+    nets = snap_io.load_resume_networks(tmp_path / "g.safetensors")
+    assert nets["D"] is None
+    logs = []
+    tr = make_trainer(resume=dict(kind="networks", **nets), log=logs.append)
+    assert torch.equal(tr.G.state_dict()["synthesis.b16.conv1.weight"], src.G_ema.state_dict()["synthesis.b16.conv1.weight"])
+    assert any("no D" in m for m in logs)
+
+
+def test_snapshot_files_and_atomicity(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    tr = make_trainer(run_dir=run)
+    tr.train_step()
+    info = tr.save_snapshot()
+    assert info["snapshot"] == "000000.004"
+    latest = snap_io.read_latest(run)
+    assert latest["step"] == 1 and latest["state_path"].name == "training-state-000000.004.pt"
+    state = snap_io.load_training_state(latest["state_path"])  # weights_only=True
+    assert state["counters"]["cur_nimg"] == 4 and set(state["rng"][0]) >= {"torch", "numpy", "python"}
+    assert snap_io.is_training_state(latest["state_path"])
+    from stylemix.checkpoints import load_generator
+
+    G = load_generator(latest["network_path"])
+    assert G.img_resolution == 16 and G.provenance["step"] == 1
+    assert not list(run.glob(".*.tmp"))
+    # A write that fails half-way leaves the previous file intact and no temporary file.
+    path = run / "x.pt"
+    snap_io.atomic_torch_save({"a": 1}, path)
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        snap_io.atomic_torch_save({"a": Boom()}, path)
+    assert torch.load(path, weights_only=True) == {"a": 1} and not list(run.glob(".*.tmp"))
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    from stylemix.checkpoints import save_generator
+
+    data = write_png_folder(tmp_path / "data")
+    other = tmp_path / "other.safetensors"
+    save_generator(make_trainer(["--cmax", "16"]).G_ema, other, provenance={})
+    cases = [
+        (["--data", str(tmp_path / "missing"), "--outdir", str(tmp_path / "o")], "no such file"),
+        (["--data", str(data), "--outdir", str(tmp_path / "o"), "--cfg", "nope"], "--cfg 'nope'"),
+        (["--data", str(write_png_folder(tmp_path / "d24", n=2, size=24)), "--outdir", str(tmp_path / "o")],
+         "power of two"),
+        (["--data", str(data), "--outdir", str(tmp_path / "o"), "--p", "0.3"], "--aug fixed"),
+        (["--data", str(data), "--outdir", str(tmp_path / "o"), "--batch", "6", "--cfg", "lite"], "minibatch-stddev"),
+        (["--data", str(data), "--outdir", str(tmp_path / "o"), "--batch", "8", "--batch-gpu", "3"], "must divide"),
+        (["--data", str(data), "--outdir", str(tmp_path / "o"), "--cond"], "needs labels"),
+        (["--resume", str(data)], "not a run directory"),
+        (["--data", str(data), "--outdir", str(tmp_path / "o"), *TINY, "--resume", str(other)],
+         "G does not match this run's configuration"),
+    ]
+    for argv, needle in cases:
+        rc, out, err = run_main(argv + ["--no-progress"])
+        assert rc == 1, (argv, out, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (argv, err)
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_cli_dry_run_prints_options(tmp_path):
+    data = write_png_folder(tmp_path / "data")
+    rc, out, err = run_main(["--data", str(data), "--outdir", str(tmp_path / "o"), "--cfg", "paper256",
+                             "--mirror", "--dry-run"])
+    assert rc == 0, err
+    o = json.loads(out)
+    assert o["cfg"] == "paper256" and o["batch_size"] == 64 and o["batch_gpu"] == 8
+    assert o["G_kwargs"]["synthesis_kwargs"]["channel_base"] == 16384 and o["G_kwargs"]["mapping_kwargs"]["num_layers"] == 8
+    assert o["data"]["xflip"] and o["data"]["size"] == 32 and o["desc"] == "data-mirror-paper256-ada"
+    assert not (tmp_path / "o").exists()
+
+
+def _wait_for(pred, proc, timeout, what):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        v = pred()
+        if v:
+            return v
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended (rc {proc.returncode}) before {what}: "
+                                 f"{proc.stdout.read()[-2000:]}")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_sigkill_then_resume_continues(tmp_path):
+    data = write_png_folder(tmp_path / "data")
+    outdir = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "training.stylegan2.train", "--data", str(data), "--outdir", str(outdir), *TINY,
+           "--kimg", "1", "--tick", "0.008", "--snap", "1", "--keep-states", "0", "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        def snapshot_at_step3():
+            runs = list(outdir.glob("0*")) if outdir.exists() else []
+            if runs and (runs[0] / "latest.json").exists():
+                try:
+                    if json.loads((runs[0] / "latest.json").read_text())["step"] >= 3:
+                        return runs[0]
+                except ValueError:
+                    return None
+            return None
+        run_dir = _wait_for(snapshot_at_step3, proc, 120, "a snapshot at step >= 3")
+        time.sleep(0.2)  # mid-training, possibly mid-write
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    latest = json.loads((run_dir / "latest.json").read_text())
+    step0, nimg0 = latest["step"], latest["cur_nimg"]
+    assert step0 >= 3
+    state = snap_io.load_training_state(run_dir / latest["state"])
+    p0 = state["ada"]["p"]
+
+    resumed = subprocess.run([sys.executable, "-m", "training.stylegan2.train", "--resume", str(run_dir),
+                              "--kimg", str((nimg0 + 16) / 1000), "--no-progress"],
+                             cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"at step {step0}," in resumed.stdout and f"p {p0:.4f}" in resumed.stdout
+
+    lines = [json.loads(x) for x in (run_dir / "stats.jsonl").read_text().splitlines()]
+    events = [r for r in lines if "event" in r]
+    assert [e["event"] for e in events] == ["start", "resume"] and events[1]["step"] == step0
+    assert events[1]["p"] == pytest.approx(p0)
+    after = lines[lines.index(events[1]) + 1:]
+    assert after and all(r["step"] > step0 for r in after) and after[-1]["step"] == step0 + 4
+    ticks = [r["tick"] for r in lines if "event" not in r]
+    assert ticks == list(range(len(ticks)))  # no tick logged twice, none missing
+    final = json.loads((run_dir / "latest.json").read_text())
+    assert final["step"] == step0 + 4 and final["cur_nimg"] == nimg0 + 16
+
+    from stylemix.checkpoints import load_generator
+
+    nets = sorted(run_dir.glob("network-snapshot-*.safetensors"))
+    states = sorted(run_dir.glob("training-state-*.pt"))
+    assert len(nets) >= 3 and len(states) >= 3
+    for p in nets:
+        assert load_generator(p).img_resolution == 16
+    for p in states:
+        assert snap_io.load_training_state(p)["counters"]["cur_nimg"] == snap_io.parse_tag(p.name)
+    assert not list(run_dir.glob(".*.tmp"))
+    for name in ("reals.png", "fakes_init.png", "stats.png", "training_options.json"):
+        assert (run_dir / name).is_file(), name
+    assert json.loads((run_dir / "training_options.json").read_text())["total_kimg"] == (nimg0 + 16) / 1000
+    from PIL import Image
+
+    assert Image.open(run_dir / f"fakes{snap_io.snapshot_tag(nimg0 + 16)}.png").size == (16 * 8, 16 * 8)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_gloo_processes_stay_identical(tmp_path):
+    data = write_png_folder(tmp_path / "data")
+    outdir = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "training.stylegan2.train", "--data", str(data),
+           "--outdir", str(outdir), *[a if a != "4" else "8" for a in TINY], "--batch-gpu", "4",
+           "--kimg", "0.04", "--tick", "0.016", "--snap", "1", "--no-progress"]
+    r = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    runs = list(outdir.iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("00000-data-lite")  # one run dir: only rank 0 writes
+    opts = json.loads((runs[0] / "training_options.json").read_text())
+    assert opts["num_gpus"] == 2 and opts["batch_size"] == 8 and opts["batch_gpu"] == 4
+    recs = [json.loads(x) for x in (runs[0] / "stats.jsonl").read_text().splitlines()]
+    snaps = [x for x in recs if "snapshot" in x]
+    assert len(snaps) >= 3 and snaps[-1]["step"] == 5
+    for x in snaps:  # G, D, G_ema parameter digests of rank 0 and rank 1
+        assert len(x["rank_digests"]) == 2 and x["rank_digests"][0] == x["rank_digests"][1]
+    assert r.stdout.count("run directory:") == 1
