@@ -50,6 +50,8 @@ _CLASSES = {"AttributeNet": AttributeNet}
 # ------------------------------------------------------------------------------------------------
 # Input conversion
 
+CLASSIFIER_SUFFIX = "-classifier"  # registry name of a model's classifier: '<model>-classifier'
+
 def _describe(images) -> str:
     shape = tuple(getattr(images, "shape", ()))
     dtype = getattr(images, "dtype", None)
@@ -112,7 +114,9 @@ def to_input(images, resolution: int, *, device=None, clamp: bool = False) -> to
 class AttributeClassifier:
     """A loaded attribute classifier (eval mode, parameters frozen)."""
 
-    def __init__(self, net: AttributeNet, meta: dict, *, device="cpu", path: str | None = None):
+    def __init__(self, net: AttributeNet, meta: dict, *, device="cpu", path: str | None = None,
+                 name: str | None = None):
+        self.name = name or (Path(path).stem if path else "attributes")  # e.g. 'synthfaces64'
         self.net = net.to(device).eval().requires_grad_(False)
         self.device = torch.device(device)
         self.meta = meta
@@ -223,10 +227,16 @@ def load_classifier(name="synthfaces64", *, device="cpu") -> AttributeClassifier
     if not isinstance(name, (str, os.PathLike)):
         raise ValueError(f"expected a model name or a file path, got {type(name).__name__}")
     p = Path(name).expanduser()
-    if not p.is_file() and isinstance(name, str) and pretrained.is_registered(name):
-        kind = pretrained.get_entry(name).kind
-        if kind != "classifier":
-            raise ValueError(f"model {name!r} is a {kind!r}, not a classifier")
+    label = p.stem
+    if not p.is_file() and isinstance(name, str):
+        # A model's classifier is registered as '<model>-classifier' (the generator keeps '<model>').
+        if not name.endswith(CLASSIFIER_SUFFIX) and pretrained.is_registered(name + CLASSIFIER_SUFFIX):
+            name += CLASSIFIER_SUFFIX
+        if pretrained.is_registered(name):
+            kind = pretrained.get_entry(name).kind
+            if kind != "classifier":
+                raise ValueError(f"model {name!r} is a {kind!r}, not a classifier")
+        label = name.removesuffix(CLASSIFIER_SUFFIX)
     path = pretrained.resolve(name)
     meta = _meta_from_file(path)
     cls = _CLASSES.get(str(meta.get("class", "")).rsplit(".", 1)[-1])
@@ -238,7 +248,7 @@ def load_classifier(name="synthfaces64", *, device="cpu") -> AttributeClassifier
     net = cls(**kwargs)
     state = load_file(str(path))
     net.load_state_dict(state, strict=True)
-    return AttributeClassifier(net, meta, device=device, path=str(path))
+    return AttributeClassifier(net, meta, device=device, path=str(path), name=label)
 
 
 def save_classifier(path, net: AttributeNet, *, label_names: Sequence[str], identity_names: Sequence[str] = (),

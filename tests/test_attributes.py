@@ -19,7 +19,8 @@ from stylemix.attributes import AttributeClassifier, load_classifier, to_input
 from training.data import synthfaces as sf
 
 SEED = 7103
-NAME = "synthfaces64"
+NAME = "synthfaces64"  # the model; its classifier is registered as NAME + "-classifier"
+ENTRY = NAME + "-classifier"
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def faces():
 
 def _manifest_entry() -> dict:
     data = json.loads((pretrained.PRETRAINED_DIR / pretrained.MANIFEST_NAME).read_text(encoding="utf-8"))
-    entries = [m for m in data["models"] if m["name"] == NAME]
+    entries = [m for m in data["models"] if m["name"] == ENTRY]
     assert len(entries) == 1, entries
     return entries[0]
 
@@ -54,7 +55,13 @@ def test_manifest_entry_matches_file():
         assert key in e, key
     assert e["accuracy"]["heldout"]["has_beard"] >= 0.98
     assert e["accuracy"]["heldout"]["shaved"] >= 0.98
-    assert pretrained.get_entry(NAME).kind == "classifier"
+    assert pretrained.get_entry(ENTRY).kind == "classifier"
+
+
+def test_loaded_by_model_name_and_by_registry_name(clf):
+    assert clf.name == NAME
+    other = load_classifier(ENTRY)
+    assert other.name == NAME and other.path == clf.path
 
 
 def test_accuracy_on_fresh_renders(clf, faces):

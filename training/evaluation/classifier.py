@@ -581,7 +581,7 @@ def main(argv=None) -> int:
                                  description="Train the synthfaces attribute classifier and ship it.")
     ap.add_argument("--res", type=int, default=64, help="input resolution (default 64)")
     ap.add_argument("--out", required=True, help="output .safetensors path")
-    ap.add_argument("--name", default=None, help="manifest name (default synthfaces<res>)")
+    ap.add_argument("--name", default=None, help="manifest name (default synthfaces<res>-classifier)")
     ap.add_argument("--n-train", type=int, default=40000, help="training faces rendered (default 40000)")
     ap.add_argument("--steps", type=int, default=6000, help="optimiser steps (default 6000)")
     ap.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
@@ -609,7 +609,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     args.argv = argv
-    args.name = args.name or f"synthfaces{args.res}"
+    args.name = args.name or f"synthfaces{args.res}-classifier"
     try:
         if args.cache:
             Path(args.cache).mkdir(parents=True, exist_ok=True)
