@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 
@@ -45,14 +43,10 @@ def parse_seeds(text: str) -> list[int]:
 
 def _save_png_atomic(img, path: Path) -> None:
     """Write a PIL image to `path` through a temporary file in the same folder."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from .fileio import atomic_open
+
+    with atomic_open(path) as f:
+        img.save(f, format="PNG")
 
 
 def _to_uint8_images(img):

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .fileio import atomic_write_bytes
 from .networks.attributes import AttributeNet
 
 __all__ = ["AttributeClassifier", "load_classifier", "save_classifier", "to_input", "FORMAT",
@@ -255,7 +256,6 @@ def save_classifier(path, net: AttributeNet, *, label_names: Sequence[str], iden
                     identity_mean: Sequence[float] = (), identity_std: Sequence[float] = (),
                     training: dict | None = None, evaluation: dict | None = None) -> Path:
     """Write `net` and the metadata that rebuilds it to `path` (temporary file, then rename)."""
-    from safetensors.torch import save_file
 
     if len(label_names) != net.num_attributes:
         raise ValueError(f"{len(label_names)} label names for {net.num_attributes} attribute outputs")
@@ -277,14 +277,6 @@ def save_classifier(path, net: AttributeNet, *, label_names: Sequence[str], iden
         "evaluation": json.dumps(evaluation or {}),
     }
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(state, str(tmp), metadata=meta)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # an ordinary file, not the writer's private 0600
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    from safetensors.torch import save
+
+    return atomic_write_bytes(path, save(state, metadata=meta))

@@ -40,7 +40,6 @@ import os
 import pickle
 import re
 import struct
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -49,6 +48,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .fileio import atomic_write_bytes
 
 __all__ = [
     "CheckpointError", "UnsafeCheckpointError", "UnsupportedCheckpointError", "RecordedObject",
@@ -899,22 +900,6 @@ def generator_kwargs(G) -> dict:
     return copy.deepcopy(_plain(kw))
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    folder = path.parent
-    if not folder.is_dir():
-        raise ValueError(f"cannot write {str(path)!r}: folder {str(folder)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_generator(G, path, *, provenance: dict) -> Path:
     """Write `G` in StyleMix's format (safetensors + JSON header) atomically; returns the path.
 
@@ -947,7 +932,7 @@ def save_generator(G, path, *, provenance: dict) -> Path:
     }
     data = st_save(sd, metadata={_HEADER_KEY: json.dumps(header, sort_keys=True)})
     path = Path(path)
-    _atomic_write(path, data)
+    atomic_write_bytes(path, data)
     return path
 
 

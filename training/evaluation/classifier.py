@@ -61,6 +61,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from stylemix.fileio import atomic_write_text
 from stylemix.attributes import load_classifier, save_classifier, to_input
 from stylemix.networks.attributes import AttributeNet
 from training.data import synthfaces as sf
@@ -416,13 +417,7 @@ def update_manifest(manifest: Path, entry: dict) -> None:
             data = {"models": data}
         data.setdefault("models", [])
     data["models"] = [m for m in data["models"] if m.get("name") != entry["name"]] + [entry]
-    tmp = manifest.with_name(f".{manifest.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, manifest)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_text(manifest, json.dumps(data, indent=2) + "\n")
 
 
 def _hardware() -> str:

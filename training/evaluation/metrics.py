@@ -50,13 +50,14 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+
+from stylemix.fileio import atomic_open, atomic_write_text
 
 __all__ = [
     "INCEPTION_NAME", "INCEPTION_FILE", "INCEPTION_URL", "INCEPTION_SHA256", "INCEPTION_SIZE",
@@ -596,14 +597,8 @@ class ReferenceStats:
                   "num_items": np.array(self.num_items, dtype=np.int64)}
         if self.features is not None:
             arrays["features"] = self.features
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(path) as f:
+            np.savez(f, **arrays)
         return path
 
     @classmethod
@@ -775,14 +770,4 @@ def save_report(path, report: Mapping) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(to_jsonable(report), indent=2, sort_keys=False, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, text)

@@ -17,16 +17,16 @@ then `latest.json` is replaced to point at them. `--resume RUN_DIR` reads `lates
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from stylemix.fileio import atomic_open, atomic_write_bytes
 
 __all__ = [
     "STATE_FORMAT", "atomic_write_bytes", "atomic_torch_save", "atomic_write_json", "snapshot_tag",
@@ -43,61 +43,10 @@ LATEST = "latest.json"
 # Atomic writes
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _tmp_in(folder: Path, name: str) -> tuple[int, str]:
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
-    except (OSError, AttributeError):
-        pass
-    return fd, tmp
-
-
-def _replace(tmp: str, path: Path) -> None:
-    os.replace(tmp, path)
-    try:  # make the rename itself durable (POSIX); harmless where unsupported
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
-def atomic_write_bytes(path, data: bytes) -> Path:
-    path = Path(path)
-    fd, tmp = _tmp_in(path.parent, path.name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        _replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def atomic_torch_save(obj, path) -> Path:
-    path = Path(path)
-    fd, tmp = _tmp_in(path.parent, path.name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        _replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_open(path) as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def atomic_write_json(path, obj) -> Path:
