@@ -49,19 +49,13 @@ def _save_png_atomic(img, path: Path) -> None:
         img.save(f, format="PNG")
 
 
-def _to_uint8_images(img):
-    """[-1, 1] float NCHW tensor -> uint8 NHWC numpy."""
-    import torch
-
-    return (img * 127.5 + 128).clamp(0, 255).to("cpu", torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
 def cmd_generate(args) -> int:
     import numpy as np
     import torch
     from PIL import Image
 
     from .checkpoints import load_generator
+    from .mixing import to_uint8 as _to_uint8_images
 
     seeds = parse_seeds(args.seeds)
     if not 0 <= args.trunc <= 2:
