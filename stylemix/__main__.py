@@ -128,7 +128,8 @@ def cmd_models(args) -> int:
     from .pretrained import list_models
 
     for entry in list_models():
-        print(f"{entry.name:24s} {entry.resolution:>5d}px  {entry.description}")
+        res = f"{entry.resolution}px" if entry.resolution else "-"
+        print(f"{entry.name:24s} {res:>7s}  {entry.description}")
     return 0
 
 

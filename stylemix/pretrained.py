@@ -419,8 +419,9 @@ def fetch(name: str, *, progress: bool = True, force: bool = False,
     if not entry.verified and not unverified_ok:
         raise FetchError(
             f"refusing to install {entry.name!r} from {entry.url}: its sha256 is not known, so the file "
-            f"could not be verified; pass allow_unverified=True (CLI/env: STYLEMIX_ALLOW_UNVERIFIED=1) "
-            f"to accept it", url=entry.url, cause="unverified")
+            f"could not be verified; pass allow_unverified=True (CLI: `python -m stylemix fetch "
+            f"{entry.name} --allow-unverified`; env: STYLEMIX_ALLOW_UNVERIFIED=1) to accept it",
+            url=entry.url, cause="unverified")
 
     if not force and final.exists() and _check_file(entry, final) is None:
         return final
