@@ -128,6 +128,16 @@ _BUILTIN = [
         url=_NV_BASE + "ffhq.pkl",
         licence=_NV_LICENCE, source_page=_NV_SOURCE,
         description="NVIDIA StyleGAN2-ADA release ffhq.pkl, 1024x1024, trained with original StyleGAN2"),
+    # ImageNet VGG16 in torchvision's layout, for LPIPS in inversion (stylemix.perceptual). The
+    # file name carries the digest's prefix; the full sha256 is the one public projects pin.
+    ModelEntry(
+        name="vgg16-imagenet", resolution=0, kind="other",
+        url="https://download.pytorch.org/models/vgg16-397923af.pth",
+        sha256="397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0", size=553_433_881,
+        licence="torchvision model zoo (BSD-3-Clause); VGG16 weights by Simonyan & Zisserman, Oxford VGG "
+                "(CC BY 4.0)",
+        source_page="https://pytorch.org/vision/stable/models/generated/torchvision.models.vgg16.html",
+        description="ImageNet VGG16 (torchvision layout) for LPIPS distances in inversion"),
     # The standard FID/KID feature network (TorchScript Inception-v3). Its sha256 is not published by
     # NVIDIA; this value is the one pinned by crowsonkb/k-diffusion (k_diffusion/evaluation.py) and
     # other public projects that verify the same file.
