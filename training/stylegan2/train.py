@@ -13,7 +13,8 @@
 Options follow the official StyleGAN2-ADA train.py (--cfg, --gamma, --kimg, --batch, --snap,
 --mirror, --cond, --aug, --p, --target, --augpipe, --resume, --freezed, --seed, --workers, --dry-run);
 ours: --cfg lite, --tick, --batch-gpu, --cbase/--cmax/--map/--wdim (network size), --keep-states,
---device, --no-progress. Each run gets `<outdir>/<NNNNN>-<dataset>[-cond][-mirror]-<cfg>...`, with
+--device, --no-progress, --metrics synthfaces|none with --metrics-n N and --metrics-render-options JSON
+(evaluated at each snapshot on rank 0; results in stats.jsonl and metric-synthfaces<N>.jsonl). Each run gets `<outdir>/<NNNNN>-<dataset>[-cond][-mirror]-<cfg>...`, with
 training_options.json, stats.jsonl (one JSON line per tick: losses, p, img/s, kimg, sec), stats.png,
 reals.png, fakes_init.png, fakes<kimg>.png, network-snapshot-<kimg>.safetensors (G_ema, loadable
 with stylemix.checkpoints.load_generator), training-state-<kimg>.pt and latest.json.
@@ -35,7 +36,8 @@ from pathlib import Path
 __all__ = ["main", "build_parser", "build_options", "make_run_dir", "describe_run"]
 
 DEFAULTS = dict(cfg="auto", snap=50, tick=4.0, seed=0, aug="ada", target=0.6, augpipe="bgc", freezed=0,
-                keep_states=3, device="auto")
+                keep_states=3, device="auto", metrics="none", metrics_n=5000)
+METRICS = ("synthfaces", "none")
 # What `--resume RUN_DIR` lets you change when continuing a run (everything else comes from the run).
 RESUME_OVERRIDES = ("kimg", "snap", "tick", "workers", "keep_states", "device", "threads", "progress", "dry_run",
                     "resume")
@@ -88,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", help="checkpoint to start from (name, .pkl/.pt/.safetensors, training state) "
                                     "or a run directory to continue")
     t.add_argument("--freezed", type=int, help="freeze the first N layers of D, counted from the input (default: 0)")
+    m = p.add_argument_group("metrics (at each snapshot, rank 0; see training/stylegan2/quality.py)")
+    m.add_argument("--metrics", choices=METRICS, help="synthfaces: the synthfaces64 quality bar (classifier FD vs "
+                                                     "held-out renders, its floor, attribute rates) | none (default)")
+    m.add_argument("--metrics-n", dest="metrics_n", type=int,
+                   help=f"samples per evaluation (default {DEFAULTS['metrics_n']}; the bar is defined at 5000)")
+    m.add_argument("--metrics-render-options", dest="metrics_render_options",
+                   help='the training distribution as JSON, e.g. \'{"res": 64}\' (default: read from a synthfaces '
+                        'dataset zip; required otherwise)')
     return p
 
 
@@ -236,8 +246,94 @@ def build_options(args, *, training_set, world_size: int, device_type: str = "cp
         args={k: v for k, v in a.items() if k in ("gamma", "kimg", "batch", "p", "target", "augpipe", "resume",
                                                   "freezed")},
     )
+    o["metrics"] = metrics_options(a, data_path=args.data, resolution=res)
     o["desc"] = describe_run(o)
     return o
+
+
+def metrics_options(a: dict, *, data_path, resolution: int) -> dict | None:
+    """The `metrics` entry of the options: None, or {'name': 'synthfaces', 'num_samples', 'render_options',
+    'reference_seed', 'exclude_seeds', 'render_options_source'}."""
+    name = a.get("metrics", DEFAULTS["metrics"])
+    if name not in METRICS:
+        raise UsageError(f"--metrics {name!r}: choose from {', '.join(METRICS)}")
+    if name == "none":
+        for k in ("metrics_n", "metrics_render_options"):
+            if k in a:
+                raise UsageError(f"--{k.replace('_', '-')} needs --metrics synthfaces")
+        return None
+    from .quality import DEFAULT_REFERENCE_SEED, check_render_options, render_options_from_dataset
+
+    n = a.get("metrics_n", DEFAULTS["metrics_n"])
+    if n < 2:
+        raise UsageError(f"--metrics-n must be >= 2, got {n}")
+    found = render_options_from_dataset(data_path) if data_path is not None else None
+    if "metrics_render_options" in a:
+        try:
+            ro = check_render_options(a["metrics_render_options"])
+        except ValueError as exc:
+            raise UsageError(f"--metrics-render-options: {exc}") from None
+        source = "--metrics-render-options"
+    elif found is not None:
+        ro, source = found["render_options"], "dataset"
+    else:
+        raise UsageError(f"--metrics synthfaces: the data ({data_path}) does not record its synthfaces render "
+                         f"options; give --metrics-render-options JSON, e.g. '{{\"res\": {resolution}}}'")
+    if ro["res"] != resolution:
+        raise UsageError(f"--metrics synthfaces: render options res {ro['res']} differ from the training "
+                         f"resolution {resolution}")
+    exclude = found["train_seeds"] if found is not None else []
+    ref = DEFAULT_REFERENCE_SEED
+    while ref in exclude or ref + 1 in exclude:
+        ref += 2
+    return dict(name=name, num_samples=int(n), render_options=ro, render_options_source=source,
+                reference_seed=ref, exclude_seeds=exclude)
+
+
+def make_metrics_fn(metrics: dict | None, run_dir: Path, *, log=None):
+    """The Trainer's metrics_fn(G_ema, kimg) for options['metrics'] (None when there are none).
+    Each result is also appended to <run_dir>/metric-synthfaces<N>.jsonl; an error is recorded, not raised."""
+    if not metrics:
+        return None
+    import time
+
+    from . import snapshot as snap_io
+    from .quality import synthfaces_quality
+
+    n = int(metrics["num_samples"])
+    path = Path(run_dir) / f"metric-{metrics['name']}{n // 1000}k.jsonl" if n % 1000 == 0 else \
+        Path(run_dir) / f"metric-{metrics['name']}{n}.jsonl"
+    state: dict = {}
+
+    def fn(G, kimg: float) -> dict:
+        t0 = time.time()
+        try:
+            if "classifier" not in state:
+                from stylemix.attributes import load_classifier
+
+                state["classifier"] = load_classifier("synthfaces64")
+            r = synthfaces_quality(G, num_samples=n, reference=metrics["reference_seed"],
+                                   render_options=metrics["render_options"], exclude_seeds=metrics["exclude_seeds"],
+                                   classifier=state["classifier"], log=log)
+            summary = {k: r[k] for k in ("fd", "floor", "ratio", "rate_gaps", "passed")}
+        except Exception as exc:  # a broken evaluation must not stop training
+            r = summary = {"error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"}
+        line = dict(metric=metrics["name"], kimg=kimg,
+                    snapshot=f"network-snapshot-{snap_io.snapshot_tag(int(round(kimg * 1000)))}.safetensors",
+                    results=r, total_time=round(time.time() - t0, 2), timestamp=time.time())
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line, sort_keys=True) + "\n")
+        if log is not None:
+            if "error" in summary:
+                log(f"metrics {metrics['name']}: {summary['error']}")
+            else:
+                log(f"metrics {metrics['name']} ({n}): fd {r['fd']:.4f} floor {r['floor']:.4f} ratio "
+                    f"{r['ratio'] if r['ratio'] is not None else float('inf'):.2f} gaps "
+                    + " ".join(f"{a} {g:+.3f}" for a, g in r["rate_gaps"].items())
+                    + f" -> {'pass' if r['passed'] else 'fail'} ({time.time() - t0:.0f} s)")
+        return dict(summary, name=metrics["name"], num_samples=n)
+
+    return fn
 
 
 def options_for_resumed_run(args, run_dir: Path, *, world_size: int) -> dict:
@@ -417,6 +513,9 @@ def _run(args) -> int:
                 return str(make_run_dir(args.outdir, options["desc"]))
             run_dir = Path(_from_rank0(create, rank, world))
         trainer.run_dir = run_dir
+        if rank == 0:
+            trainer.metrics_fn = make_metrics_fn(options.get("metrics"), run_dir,
+                                                 log=lambda m: print(m, flush=True))
         options["run_dir"] = trainer.options["run_dir"] = str(run_dir)
         if rank == 0:
             if resume_dir is None:

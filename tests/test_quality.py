@@ -1,0 +1,171 @@
+"""Tests for training.stylegan2.quality (the synthfaces64 quality bar) and its hook in train.py.
+
+Tiny: 64 renders/samples, a 64x64 generator with 16 channels, one torch thread.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stderr, redirect_stdout
+
+import numpy as np
+import pytest
+import torch
+
+from stylemix.networks.stylegan2 import Generator
+from training.stylegan2 import quality
+from training.stylegan2.train import main as train_main
+
+N = 64
+RO = {"res": 64}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    # Only the quality cache moves: $STYLEMIX_CACHE also holds the compiled ops (built once, slow).
+    monkeypatch.setattr(quality, "_cache_dir", lambda: tmp_path / "cache" / "quality")
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    from stylemix.attributes import load_classifier
+
+    return load_classifier("synthfaces64")
+
+
+@pytest.fixture(scope="module")
+def tiny_G():
+    torch.manual_seed(0)
+    G = Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=64, img_channels=3,
+                  mapping_kwargs=dict(num_layers=1), synthesis_kwargs=dict(channel_base=256, channel_max=16))
+    return G.eval()
+
+
+@pytest.fixture
+def render_counter(monkeypatch):
+    calls = []
+    real = quality._render
+
+    def counting(n, ro, seed, start=0):
+        calls.append((n, seed, start))
+        return real(n, ro, seed, start)
+
+    monkeypatch.setattr(quality, "_render", counting)
+    return calls
+
+
+def test_untrained_G_report_keys_ratio_and_cache(tiny_G, classifier, render_counter, tmp_path):
+    r = quality.synthfaces_quality(tiny_G, num_samples=N, render_options=RO, classifier=classifier, batch=8)
+    for k in ("fd", "floor", "ratio", "rates", "reference_rates", "rate_gaps", "checks", "passed", "bar",
+              "num_samples", "feature_net", "render_options", "reference_seed", "at_bar_size"):
+        assert k in r, k
+    assert set(r["rate_gaps"]) == set(quality.QUALITY_ATTRS)
+    assert r["feature_net"] == "synthfaces64-classifier" and r["num_samples"] == N and not r["at_bar_size"]
+    # n=64 < 128 feature dimensions: both FDs are inflated by singular covariances, yet the floor stays below.
+    assert r["floor"] > 0 and r["ratio"] > 1 and r["fd"] > r["floor"]
+    json.dumps(r, allow_nan=False)  # JSON-able
+    assert {s for _, s, _ in render_counter} == {quality.DEFAULT_REFERENCE_SEED, quality.DEFAULT_REFERENCE_SEED + 1}
+    assert len(list((tmp_path / "cache" / "quality").glob("*.npz"))) == 2
+
+    # Second call: the reference and floor come from the cache, nothing is rendered again.
+    n_calls = len(render_counter)
+    r2 = quality.synthfaces_quality(tiny_G, num_samples=N, render_options=RO, classifier=classifier, batch=8)
+    assert len(render_counter) == n_calls and r2["reference_cached"]
+    assert r2["fd"] == pytest.approx(r["fd"]) and r2["floor"] == pytest.approx(r["floor"])
+    # Other options, another key: rendered again.
+    quality.reference_stats(N, {"res": 64, "glasses": True}, seed=quality.DEFAULT_REFERENCE_SEED,
+                            classifier=classifier)
+    assert len(render_counter) > n_calls
+
+
+def test_floor_of_identical_sets_is_zero(classifier):
+    s = quality.DEFAULT_REFERENCE_SEED
+    same = quality.floor_distance(N, RO, seeds=(s, s), classifier=classifier)
+    assert abs(same) < 1e-6
+    assert quality.floor_distance(N, RO, seeds=(s, s + 1), classifier=classifier) > 1e-3
+
+
+def test_bad_inputs_are_value_errors(tiny_G, classifier):
+    with pytest.raises(ValueError, match="reserved"):
+        quality.synthfaces_quality(tiny_G, num_samples=N, render_options=RO, reference=7104, classifier=classifier)
+    with pytest.raises(ValueError, match="training data"):
+        quality.synthfaces_quality(tiny_G, num_samples=N, render_options=RO, reference=5, exclude_seeds=[5],
+                                   classifier=classifier)
+    with pytest.raises(ValueError, match="res 32"):
+        quality.synthfaces_quality(tiny_G, num_samples=N, render_options={"res": 32}, classifier=classifier)
+    for bad in ('{"res": 64, "colour": 1}', "{}", "not json", {"res": 4}):
+        with pytest.raises(ValueError):
+            quality.check_render_options(bad)
+    assert quality.check_render_options('{"res": 64, "shaved": true}') == {"res": 64, "shaved": True}
+
+
+def test_render_options_from_synthfaces_zip(tmp_path):
+    from training.data.synthfaces import build
+
+    out = str(tmp_path / "sf.zip")
+    build(out, 3, 16, 11, progress=False)
+    found = quality.render_options_from_dataset(out)
+    assert found == {"render_options": {"res": 16}, "train_seeds": [11]}
+    assert quality.render_options_from_dataset(tmp_path / "missing.zip") is None
+
+
+def _run(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = train_main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_train_cli_metrics_option(tmp_path):
+    from training.data.synthfaces import build
+
+    data = str(tmp_path / "sf.zip")
+    build(data, 4, 16, 3, progress=False)
+    base = ["--data", data, "--outdir", str(tmp_path / "o"), "--cfg", "lite", "--dry-run"]
+    rc, out, err = _run(base + ["--metrics", "synthfaces", "--metrics-n", "2000"])
+    assert rc == 0, err
+    m = json.loads(out)["metrics"]
+    assert m["name"] == "synthfaces" and m["num_samples"] == 2000 and m["render_options"] == {"res": 16}
+    assert m["render_options_source"] == "dataset" and m["exclude_seeds"] == [3]
+    rc, out, err = _run(base)
+    assert rc == 0 and json.loads(out)["metrics"] is None
+    rc, out, err = _run(base + ["--metrics", "synthfaces", "--metrics-render-options", '{"res": 16, "smile": true}'])
+    assert rc == 0 and json.loads(out)["metrics"]["render_options"] == {"res": 16, "smile": True}
+    rc, out, err = _run(base + ["--metrics", "synthfaces", "--metrics-render-options", '{"res": 32}'])
+    assert rc == 1 and "res 32" in err
+    rc, out, err = _run(base + ["--metrics-n", "100"])
+    assert rc == 1 and "needs --metrics synthfaces" in err
+
+
+def test_train_cli_metrics_need_render_options_for_other_data(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    rc, out, err = _run(["--data", str(folder), "--outdir", str(tmp_path / "o"), "--cfg", "lite", "--dry-run",
+                         "--metrics", "synthfaces"])
+    assert rc == 1 and "--metrics-render-options" in err and len(err.strip().splitlines()) == 1
+
+
+def test_metrics_fn_writes_jsonl(tiny_G, classifier, tmp_path, monkeypatch):
+    from training.stylegan2.train import make_metrics_fn
+
+    fn = make_metrics_fn(dict(name="synthfaces", num_samples=N, render_options=RO,
+                              reference_seed=quality.DEFAULT_REFERENCE_SEED, exclude_seeds=[1]), tmp_path)
+    monkeypatch.setattr("stylemix.attributes.load_classifier", lambda name: classifier)
+    res = fn(tiny_G, 0.0)
+    assert res["name"] == "synthfaces" and res["ratio"] > 1 and "rate_gaps" in res
+    lines = (tmp_path / f"metric-synthfaces{N}.jsonl").read_text().splitlines()
+    rec = json.loads(lines[-1])
+    assert rec["snapshot"] == "network-snapshot-000000.safetensors" and rec["results"]["fd"] == res["fd"]

@@ -1,0 +1,401 @@
+"""The `synthfaces64` quality bar: a generator against held-out synthfaces renders.
+
+    python -m training.stylegan2.quality --model run/network-snapshot-000400.safetensors \\
+        --render-options '{"res": 64}' --n 5000
+    python -m training.stylegan2.quality --model net.safetensors --data synthfaces64.zip --n 5000
+
+`synthfaces_quality(G, ...)` draws `num_samples` images from G (truncation 1, noise_mode 'const',
+z from numpy RandomState(seed)), and measures them with the shipped attribute classifier
+(`stylemix.attributes.load_classifier('synthfaces64')`):
+
+- fd: Frechet distance of the classifier's 128-d features against `num_samples` held-out renders
+  of the training distribution (`render_batch(n, res, seed=reference, **fixed)`);
+- floor: the same distance between two independent render sets of that size (seeds `reference`
+  and `reference + 1`); ratio = fd / floor;
+- rates: each attribute's rate (probability >= 0.5) on the samples and on the reference renders,
+  and their gap;
+- passed: ratio <= 5 and every |gap| <= 0.05 (has_beard, shaved, glasses, smile). The bar is
+  defined at 5,000 samples (`at_bar_size` says whether this evaluation used it); FD is biased
+  by the sample size, so the floor is always measured at the same size as the samples.
+
+Render options are a JSON object: {"res": 64} for the natural distribution, plus attribute pins
+accepted by render_batch ({"res": 64, "has_beard": true, "shaved": false}). The reference and
+floor statistics are cached as ReferenceStats .npz files (plus a JSON side file with the rates)
+under $STYLEMIX_CACHE/quality/, keyed by render options, n, seed and classifier name.
+Render seeds 7100-7109 are reserved for the classifier's data and refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import re
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from training.evaluation.metrics import (ClassifierFeatures, ReferenceStats, attribute_rates,
+                                         frechet_distance_from_stats, to_jsonable)
+
+__all__ = ["synthfaces_quality", "reference_stats", "floor_distance", "check_render_options",
+           "render_options_from_dataset", "format_table", "main", "QUALITY_ATTRS", "BAR_FD_RATIO",
+           "BAR_RATE_GAP", "BAR_NUM_SAMPLES", "RESERVED_SEEDS", "DEFAULT_REFERENCE_SEED"]
+
+QUALITY_ATTRS = ("has_beard", "shaved", "glasses", "smile")
+BAR_FD_RATIO = 5.0            # fd <= 5 x floor
+BAR_RATE_GAP = 0.05           # |rate - reference rate| <= 5 points, per attribute
+BAR_NUM_SAMPLES = 5000        # the size the bar is defined at
+RESERVED_SEEDS = range(7100, 7110)  # the classifier's training/validation renders
+DEFAULT_REFERENCE_SEED = 9000  # held-out renders: seeds 9000 (reference) and 9001 (floor)
+CLASSIFIER_NAME = "synthfaces64"
+CACHE_VERSION = 1
+FIXED_KEYS = ("beard", "hair", "glasses", "smile", "has_beard", "shaved")
+_CHUNK = 500                  # renders / samples measured at a time (bounds memory)
+
+
+# ------------------------------------------------------------------------------------------------
+# Render options
+
+def check_render_options(render_options) -> dict:
+    """{'res': R, **fixed} validated and normalised (ValueError naming the bad value)."""
+    if isinstance(render_options, str):
+        try:
+            render_options = json.loads(render_options)
+        except ValueError as exc:
+            raise ValueError(f"render options {render_options!r} are not JSON ({exc})") from None
+    if not isinstance(render_options, Mapping):
+        raise ValueError(f"render options must be a JSON object like {{\"res\": 64}}, got {render_options!r}")
+    ro = dict(render_options)
+    if "res" not in ro:
+        raise ValueError(f"render options {ro} lack 'res' (the resolution of the training data)")
+    res = ro["res"]
+    if isinstance(res, bool) or not isinstance(res, int) or res < 8:
+        raise ValueError(f"render options: 'res' must be an integer >= 8, got {res!r}")
+    unknown = sorted(set(ro) - {"res", *FIXED_KEYS})
+    if unknown:
+        raise ValueError(f"render options: unknown key(s) {unknown}; allowed: 'res', {', '.join(FIXED_KEYS)}")
+    fixed = {k: ro[k] for k in FIXED_KEYS if k in ro}
+    from training.data.synthfaces import params_for
+
+    params_for(0, 0, **fixed)  # raises ValueError for a bad pin
+    return {"res": int(res), **fixed}
+
+
+def render_options_from_dataset(path) -> dict | None:
+    """What a synthfaces dataset zip records about its distribution:
+    {'render_options': {...}, 'train_seeds': [...]}, or None when the zip is not a synthfaces
+    zip or its distribution is not one render_batch call can reproduce (a --split pool)."""
+    from training.data.synthfaces import SPLIT_FIXED
+
+    path = Path(path).expanduser()
+    if not (path.is_file() and zipfile.is_zipfile(path)):
+        return None
+    with zipfile.ZipFile(path) as zf:
+        names = set(zf.namelist())
+        if "dataset.json" not in names or "params.jsonl" not in names:
+            return None
+        try:
+            meta = json.loads(zf.read("dataset.json"))
+        except ValueError:
+            return None
+        if not isinstance(meta, dict) or meta.get("generator") != "training.data.synthfaces":
+            return None
+        res = meta.get("resolution")
+        text = zf.read("params.jsonl").decode("utf-8")
+    splits = set(re.findall(r'"split":\s*"([^"]*)"', text))
+    seeds = sorted({int(s) for s in re.findall(r'"seed":\s*\[\s*(-?\d+)', text)})
+    if not isinstance(res, int) or not splits:
+        return None
+    if splits == {"all"}:
+        ro = {"res": res}
+    elif len(splits) == 1 and next(iter(splits)) in SPLIT_FIXED:
+        ro = {"res": res, **SPLIT_FIXED[next(iter(splits))]}
+    else:
+        return None
+    return {"render_options": ro, "train_seeds": seeds}
+
+
+def _check_seed(seed, what: str, exclude: Sequence[int] = ()) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"{what} must be an integer seed, got {seed!r}")
+    seed = int(seed)
+    if seed in RESERVED_SEEDS:
+        raise ValueError(f"{what} {seed}: render seeds {RESERVED_SEEDS.start}-{RESERVED_SEEDS.stop - 1} are "
+                         f"reserved for the classifier's data")
+    if seed in set(int(s) for s in exclude):
+        raise ValueError(f"{what} {seed} is a seed of the training data; held-out renders need another seed")
+    return seed
+
+
+# ------------------------------------------------------------------------------------------------
+# Reference statistics (rendered, measured, cached)
+
+def _render(n: int, render_options: dict, seed: int, start: int = 0) -> np.ndarray:
+    """Renders start..start+n-1 of `seed` (uint8 [n, R, R, 3]). Module-level so tests can count calls."""
+    from training.data.synthfaces import params_for, render_many
+
+    fixed = {k: v for k, v in render_options.items() if k != "res"}
+    params = [params_for(seed, i, **fixed) for i in range(start, start + n)]
+    return render_many(params, render_options["res"])
+
+
+def _cache_dir() -> Path:
+    from stylemix.pretrained import cache_dir
+
+    return cache_dir() / "quality"
+
+
+def _cache_key(render_options: dict, n: int, seed: int, net_name: str) -> str:
+    blob = json.dumps({"v": CACHE_VERSION, "render_options": render_options, "n": int(n), "seed": int(seed),
+                       "feature_net": net_name}, sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
+
+
+def _measure(batches, classifier, net: ClassifierFeatures) -> tuple[np.ndarray, dict]:
+    feats, probs = [], {}
+    for x in batches:
+        feats.append(net.features(x))
+        for k, v in classifier.predict(x).items():
+            probs.setdefault(k, []).append(np.asarray(v, dtype=np.float64).reshape(-1))
+    return np.concatenate(feats), {k: np.concatenate(v) for k, v in probs.items()}
+
+
+def reference_stats(n: int, render_options, *, seed: int, classifier, use_cache: bool = True,
+                    log: Callable[[str], None] | None = None) -> tuple[ReferenceStats, dict]:
+    """(ReferenceStats of n renders of `seed`, {'rates': {...}, 'label_rates': {...}, 'cached': bool,
+    'path': str}), read from or written to the cache."""
+    ro = check_render_options(render_options)
+    n = int(n)
+    if n < 2:
+        raise ValueError(f"need at least 2 renders, got n={n}")
+    seed = _check_seed(seed, "render seed")
+    net = ClassifierFeatures(classifier)
+    key = _cache_key(ro, n, seed, net.name)
+    path = _cache_dir() / f"synthfaces-ref-{key}.npz"
+    side = path.with_suffix(".json")
+    if use_cache and path.is_file() and side.is_file():
+        try:
+            stats = ReferenceStats.load(path)
+            info = json.loads(side.read_text())
+            if stats.feature_net == net.name and stats.num_items == n and isinstance(info.get("rates"), dict):
+                return stats, dict(info, cached=True, path=str(path))
+        except ValueError:
+            pass  # unreadable: recompute and overwrite
+    if log is not None:
+        log(f"rendering {n} reference faces (seed {seed}, {ro}) ...")
+    t0 = time.time()
+    feats, probs = _measure((_render(min(_CHUNK, n - s), ro, seed, s) for s in range(0, n, _CHUNK)),
+                            classifier, net)
+    stats = ReferenceStats.from_features(feats, net.name, keep_features=False)
+    info = {"render_options": ro, "n": n, "seed": seed, "feature_net": net.name,
+            "rates": attribute_rates(probs), "sec": round(time.time() - t0, 2)}
+    if use_cache:
+        from stylemix.fileio import atomic_write_text
+
+        stats.save(path)
+        atomic_write_text(side, json.dumps(to_jsonable(info), indent=1) + "\n")
+    return stats, dict(info, cached=False, path=str(path) if use_cache else None)
+
+
+def _fd(a: ReferenceStats, b: ReferenceStats) -> float:
+    a.check_net(b.feature_net)
+    return float(frechet_distance_from_stats(a.mu, a.sigma, b.mu, b.sigma))
+
+
+def floor_distance(n: int, render_options, *, seeds: tuple[int, int] = (DEFAULT_REFERENCE_SEED,
+                                                                       DEFAULT_REFERENCE_SEED + 1),
+                   classifier, use_cache: bool = True, log=None) -> float:
+    """FD between the classifier features of two render sets of size n (seeds[0], seeds[1]):
+    the distance that sampling noise alone gives. Identical seeds give 0 (up to rounding)."""
+    a, _ = reference_stats(n, render_options, seed=seeds[0], classifier=classifier, use_cache=use_cache, log=log)
+    b, _ = reference_stats(n, render_options, seed=seeds[1], classifier=classifier, use_cache=use_cache, log=log)
+    return _fd(a, b)
+
+
+# ------------------------------------------------------------------------------------------------
+# Samples from G
+
+def _generate(G, n: int, *, seed: int, batch: int):
+    """Yields uint8 NHWC chunks of G's samples: z ~ RandomState(seed), truncation 1, noise const."""
+    import torch
+
+    if getattr(G, "c_dim", 0):
+        raise ValueError(f"conditional generators (c_dim={G.c_dim}) are not supported by the synthfaces quality "
+                         f"check; it compares unconditional samples with the natural distribution")
+    device = next(G.parameters()).device
+    z_all = np.random.RandomState(seed).randn(n, G.z_dim).astype(np.float32)
+    for s in range(0, n, _CHUNK):
+        out = []
+        for b in range(s, min(s + _CHUNK, n), batch):
+            z = torch.from_numpy(z_all[b:min(b + batch, s + _CHUNK, n)]).to(device)
+            with torch.no_grad():
+                img = G(z, None, truncation_psi=1, noise_mode="const")
+            out.append((img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8).cpu().numpy())
+        yield np.concatenate(out)
+
+
+def synthfaces_quality(G, *, num_samples: int = BAR_NUM_SAMPLES, reference: int = DEFAULT_REFERENCE_SEED,
+                       render_options=None, seed: int = 0, batch: int = 16, classifier=None,
+                       exclude_seeds: Sequence[int] = (), use_cache: bool = True,
+                       log: Callable[[str], None] | None = None) -> dict:
+    """The synthfaces64 quality bar for generator G, as a JSON-able dict.
+
+    num_samples: samples from G, and the size of each render set; reference: render seed of the
+    held-out reference set (the floor's second set uses reference + 1); render_options: the
+    training distribution ({'res': R, **pins}; default {'res': G.img_resolution}); seed: seed of
+    G's z; batch: images per G forward pass; classifier: default load_classifier('synthfaces64');
+    exclude_seeds: the training data's render seeds (refused as reference seeds).
+    """
+    n = int(num_samples)
+    if n < 2:
+        raise ValueError(f"num_samples must be >= 2, got {num_samples}")
+    if int(batch) < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    ro = check_render_options(render_options if render_options is not None else {"res": int(G.img_resolution)})
+    if ro["res"] != int(G.img_resolution):
+        raise ValueError(f"G makes {G.img_resolution}x{G.img_resolution} images but the render options say "
+                         f"res {ro['res']}; compare at the training resolution")
+    ref_seed = _check_seed(reference, "reference", exclude_seeds)
+    floor_seed = _check_seed(ref_seed + 1, "floor seed (reference + 1)", exclude_seeds)
+    if classifier is None:
+        from stylemix.attributes import load_classifier
+
+        classifier = load_classifier(CLASSIFIER_NAME)
+    net = ClassifierFeatures(classifier)
+    t0 = time.time()
+    ref, ref_info = reference_stats(n, ro, seed=ref_seed, classifier=classifier, use_cache=use_cache, log=log)
+    other, other_info = reference_stats(n, ro, seed=floor_seed, classifier=classifier, use_cache=use_cache, log=log)
+    floor = _fd(ref, other)
+    t1 = time.time()
+    was_training = G.training
+    G.eval()
+    try:
+        feats, probs = _measure(_generate(G, n, seed=int(seed), batch=int(batch)), classifier, net)
+    finally:
+        G.train(was_training)
+    fake = ReferenceStats.from_features(feats, net.name, keep_features=False)
+    fd = _fd(ref, fake)
+    rates = attribute_rates(probs)
+    ref_rates = ref_info["rates"]
+    attrs = [a for a in QUALITY_ATTRS if a in rates and a in ref_rates]
+    missing = [a for a in QUALITY_ATTRS if a not in attrs]
+    if missing:
+        raise ValueError(f"the classifier does not predict {missing}")
+    gaps = {a: rates[a] - ref_rates[a] for a in attrs}
+    ratio = fd / floor if floor > 0 else (math.inf if fd > 0 else 1.0)
+    ok_fd = ratio <= BAR_FD_RATIO
+    ok_rates = {a: abs(g) <= BAR_RATE_GAP for a, g in gaps.items()}
+    report = {
+        "metric": "synthfaces",
+        "num_samples": n,
+        "feature_net": net.name,
+        "fd": fd, "floor": floor, "ratio": ratio if math.isfinite(ratio) else None,
+        "rates": {a: rates[a] for a in attrs},
+        "reference_rates": {a: ref_rates[a] for a in attrs},
+        "rate_gaps": gaps,
+        "bar": {"fd_ratio_max": BAR_FD_RATIO, "rate_gap_max": BAR_RATE_GAP, "num_samples": BAR_NUM_SAMPLES},
+        "checks": {"fd_ratio": ok_fd, **{f"rate_{a}": ok for a, ok in ok_rates.items()}},
+        "passed": bool(ok_fd and all(ok_rates.values())),
+        "at_bar_size": n == BAR_NUM_SAMPLES,
+        "render_options": ro,
+        "reference_seed": ref_seed, "floor_seed": floor_seed, "seed": int(seed),
+        "truncation_psi": 1.0, "noise_mode": "const",
+        "reference_cached": bool(ref_info["cached"] and other_info["cached"]),
+        "sec": {"reference": round(t1 - t0, 2), "samples": round(time.time() - t1, 2)},
+    }
+    return to_jsonable(report)
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+
+def format_table(r: Mapping) -> str:
+    def f(x, fmt=".4f"):
+        return "-" if x is None else format(x, fmt)
+
+    lines = [f"synthfaces quality, {r['num_samples']} samples vs {r['num_samples']} renders "
+             f"{json.dumps(r['render_options'])} ({r['feature_net']})",
+             f"  {'fd':<12}{f(r['fd'])}",
+             f"  {'floor':<12}{f(r['floor'])}",
+             f"  {'ratio':<12}{f(r['ratio'], '.2f'):<10}(bar <= {r['bar']['fd_ratio_max']:g})  "
+             f"{'ok' if r['checks']['fd_ratio'] else 'FAIL'}",
+             f"  {'attribute':<12}{'samples':>8}{'renders':>9}{'gap':>8}   (bar |gap| <= {r['bar']['rate_gap_max']:g})"]
+    for a, g in r["rate_gaps"].items():
+        lines.append(f"  {a:<12}{r['rates'][a]:>8.3f}{r['reference_rates'][a]:>9.3f}{g:>+8.3f}   "
+                     f"{'ok' if r['checks'][f'rate_{a}'] else 'FAIL'}")
+    verdict = "PASS" if r["passed"] else "FAIL"
+    if not r["at_bar_size"]:
+        verdict += f" (indicative: the bar is defined at {r['bar']['num_samples']} samples)"
+    lines.append(f"  {verdict}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.stylegan2.quality",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="generator: checkpoint path or registered name")
+    ap.add_argument("--render-options", dest="render_options",
+                    help='training distribution as JSON, e.g. \'{"res": 64}\' (or give --data)')
+    ap.add_argument("--data", help="a synthfaces dataset zip to read the render options (and training seeds) from")
+    ap.add_argument("--n", type=int, default=BAR_NUM_SAMPLES, help=f"samples and renders (default {BAR_NUM_SAMPLES})")
+    ap.add_argument("--seed", type=int, default=0, help="seed of G's z (default 0)")
+    ap.add_argument("--reference", type=int, default=DEFAULT_REFERENCE_SEED,
+                    help=f"render seed of the reference set; the floor uses it + 1 (default {DEFAULT_REFERENCE_SEED})")
+    ap.add_argument("--batch", type=int, default=16, help="images per G forward pass (default 16)")
+    ap.add_argument("--threads", type=int, help="CPU threads")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+    ap.add_argument("--out", help="also write the JSON report to this file")
+    args = ap.parse_args(argv)
+    try:
+        import torch
+
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f"--threads must be >= 1, got {args.threads}")
+            torch.set_num_threads(args.threads)
+        exclude: list = []
+        if args.render_options is not None:
+            ro = check_render_options(args.render_options)
+        elif args.data is not None:
+            found = render_options_from_dataset(args.data)
+            if found is None:
+                raise ValueError(f"--data {args.data}: not a synthfaces zip whose distribution is recorded; "
+                                 f"give --render-options")
+            ro, exclude = found["render_options"], found["train_seeds"]
+        else:
+            raise ValueError("give --render-options JSON (or --data SYNTHFACES_ZIP)")
+        if args.data is not None and args.render_options is not None:
+            found = render_options_from_dataset(args.data)
+            exclude = found["train_seeds"] if found else []
+        from stylemix.checkpoints import load_generator
+
+        G = load_generator(args.model, device=args.device)
+        r = synthfaces_quality(G, num_samples=args.n, reference=args.reference, render_options=ro, seed=args.seed,
+                               batch=args.batch, exclude_seeds=exclude,
+                               log=lambda m: print(m, file=sys.stderr, flush=True))
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one clear line
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        prefix = "" if isinstance(exc, (ValueError, FileNotFoundError)) else f"{type(exc).__name__}: "
+        print(f"error: {prefix}{msg}", file=sys.stderr)
+        return 1
+    r = dict(r, model=str(args.model))
+    print(format_table(r))
+    if args.out:
+        from training.evaluation.metrics import save_report
+
+        save_report(args.out, r)
+    print(json.dumps(r, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
