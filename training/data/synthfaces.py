@@ -1189,7 +1189,9 @@ def _hair(fr: _Frame):
     inv = fr.inv_aa
     dv = v - fr.cy
     vc = fr.cy - fr.head_top * 1.6  # crown: strands radiate from it
-    s = (u - fr.hair_part) / (v - vc)
+    dvc = v - vc
+    dvc = np.copysign(np.maximum(np.abs(dvc), 1e-4), dvc)  # a grid row exactly at the crown: no 0/0
+    s = (u - fr.hair_part) / dvc
     s += (0.02 * fr.hair_wave) * np.sin(v * 25.0 + u * 9.0)
     tex = _strands(fr, s, v, 90.0)
     ow, oh = fr.head_w + vol * 0.6, fr.head_top + vol * 1.3
