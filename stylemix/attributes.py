@@ -70,7 +70,7 @@ def to_input(images, resolution: int, *, device=None, clamp: bool = False) -> to
             x = x[None]
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"uint8 images must be NHWC (or HWC) with 3 channels, got {_describe(images)}")
-        t = torch.from_numpy(np.ascontiguousarray(x)).to(device=device)
+        t = torch.from_numpy(np.require(x, requirements=["C", "W"])).to(device=device)  # copies read-only arrays
         t = t.permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1.0
     elif isinstance(images, (np.ndarray, torch.Tensor)):
         if isinstance(images, np.ndarray):
