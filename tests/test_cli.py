@@ -6,21 +6,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 from stylemix.__main__ import main, parse_seeds
 from stylemix.checkpoints import load_generator, save_generator
-from stylemix.networks.stylegan2 import Generator
 
 from .conftest import REPO
 
 
 @pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory, fixtures_dir):
-    kwargs = json.loads((fixtures_dir / "sg2ada_tiny32.json").read_text())["G_kwargs"]
-    tensors = load_file(str(fixtures_dir / "sg2ada_tiny32.safetensors"))
-    G = Generator(**kwargs)
-    G.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("G.")}, strict=True)
+def tiny_ckpt(tmp_path_factory, tiny32_G):
+    G = tiny32_G
     path = tmp_path_factory.mktemp("ckpt") / "tiny32.safetensors"
     save_generator(G, path, provenance={"source": "sg2ada_tiny32 fixture"})
     return path

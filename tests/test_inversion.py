@@ -1,25 +1,19 @@
-import json
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from stylemix.inversion import ProjectionResult, project
+from stylemix.networks.stylegan2 import Generator
 from stylemix.mixing import to_uint8
-from stylemix.networks import Generator
 
 STEPS = 30
 FAST = dict(w_avg_samples=1000)  # fewer mapped z's than the official 10000, for test speed
 
 
 @pytest.fixture(scope="module")
-def G(fixtures_dir):
-    kwargs = json.loads((fixtures_dir / "sg2ada_tiny32.json").read_text())["G_kwargs"]
-    tensors = load_file(str(fixtures_dir / "sg2ada_tiny32.safetensors"))
-    G = Generator(**kwargs)
-    G.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("G.")}, strict=True)
-    return G.eval()
+def G(tiny32_G):
+    return tiny32_G
 
 
 @pytest.fixture(scope="module")

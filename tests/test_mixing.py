@@ -1,24 +1,17 @@
-import json
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from stylemix.mixing import (layer_groups, layer_label, layer_resolutions, layer_strip, mix,
                              style_mix_grid, to_uint8)
-from stylemix.networks import Generator
 
 NUM_WS, W_DIM = 8, 4
 
 
 @pytest.fixture(scope="module")
-def G(fixtures_dir):
-    kwargs = json.loads((fixtures_dir / "sg2ada_tiny32.json").read_text())["G_kwargs"]
-    tensors = load_file(str(fixtures_dir / "sg2ada_tiny32.safetensors"))
-    G = Generator(**kwargs)
-    G.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("G.")}, strict=True)
-    return G.eval()
+def G(tiny32_G):
+    return tiny32_G
 
 
 @pytest.fixture(scope="module")
