@@ -47,6 +47,14 @@ def _filter_size(f: torch.Tensor | None) -> tuple[int, int]:
     return fw, fh
 
 
+def _parse_args(x: torch.Tensor, f: torch.Tensor | None, up, down, padding):
+    """The filter (all-pass [1, 1] when None) and the parsed up, down and padding of one call."""
+    if f is None:
+        f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
+    assert isinstance(f, torch.Tensor) and f.ndim in (1, 2) and f.dtype == torch.float32
+    return f, _parse_scaling(up), _parse_scaling(down), _parse_padding(padding)
+
+
 def setup_filter(f, *, device=torch.device("cpu"), normalize: bool = True, flip_filter: bool = False,
                  gain: float = 1, separable: bool | None = None) -> torch.Tensor:
     """Turn a list / array of taps into a float32 filter tensor.
@@ -79,12 +87,7 @@ def _upfirdn2d_ref(x: torch.Tensor, f: torch.Tensor | None, *, up=1, down=1, pad
                    flip_filter: bool = False, gain: float = 1) -> torch.Tensor:
     """Reference implementation with ordinary PyTorch ops (pad, grouped conv2d, strided slice)."""
     assert isinstance(x, torch.Tensor) and x.ndim == 4, x.shape
-    if f is None:
-        f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
-    assert isinstance(f, torch.Tensor) and f.ndim in (1, 2) and f.dtype == torch.float32
-    upx, upy = _parse_scaling(up)
-    downx, downy = _parse_scaling(down)
-    px0, px1, py0, py1 = _parse_padding(padding)
+    f, (upx, upy), (downx, downy), (px0, px1, py0, py1) = _parse_args(x, f, up, down, padding)
     n, c, h, w = x.shape
 
     # 1. Zero insertion.
@@ -159,12 +162,7 @@ def _compiled_supports(x: torch.Tensor, f: torch.Tensor | None) -> bool:
 
 def _upfirdn2d_compiled(ops, x: torch.Tensor, f: torch.Tensor | None, *, up, down, padding, flip_filter,
                         gain) -> torch.Tensor:
-    if f is None:
-        f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
-    assert isinstance(f, torch.Tensor) and f.ndim in (1, 2) and f.dtype == torch.float32
-    upx, upy = _parse_scaling(up)
-    downx, downy = _parse_scaling(down)
-    px0, px1, py0, py1 = _parse_padding(padding)
+    f, (upx, upy), (downx, downy), (px0, px1, py0, py1) = _parse_args(x, f, up, down, padding)
 
     # The same filter as the reference: gain folded in (in float32), then in the compute dtype,
     # flipped into a correlation kernel unless flip_filter.
