@@ -288,18 +288,27 @@ class OfflineMetric(_Metric):
 # ------------------------------------------------------------------------------------------------
 # Locating weights, choosing and caching the metric
 
-def find_vgg16(vgg16_path=None) -> Path | None:
-    """The VGG16 weights file to use, or None (see the module docstring for the search order)."""
-    if vgg16_path is not None:
-        p = Path(vgg16_path).expanduser()
+def _given_file(path, env_var: str, what: str) -> Path | None:
+    """The file named by the argument, else by $env_var; None when neither names one.
+    A name that is not a file is an error, never a silent fallback."""
+    if path is not None:
+        p = Path(path).expanduser()
         if not p.is_file():
-            raise ValueError(f"VGG16 weights not found at {str(p)!r}")
+            raise ValueError(f"{what} weights not found at {str(p)!r}")
         return p
-    env = os.environ.get(VGG16_ENV)
+    env = os.environ.get(env_var)
     if env:
         p = Path(env).expanduser()
         if not p.is_file():
-            raise ValueError(f"${VGG16_ENV} names {str(p)!r}, which is not a file")
+            raise ValueError(f"${env_var} names {str(p)!r}, which is not a file")
+        return p
+    return None
+
+
+def find_vgg16(vgg16_path=None) -> Path | None:
+    """The VGG16 weights file to use, or None (see the module docstring for the search order)."""
+    p = _given_file(vgg16_path, VGG16_ENV, "VGG16")
+    if p is not None:
         return p
     from . import pretrained
     p = pretrained.cached_path(VGG16_NAME)
@@ -313,16 +322,8 @@ def find_vgg16(vgg16_path=None) -> Path | None:
 
 
 def find_lpips_weights(lpips_path=None) -> Path | None:
-    if lpips_path is not None:
-        p = Path(lpips_path).expanduser()
-        if not p.is_file():
-            raise ValueError(f"LPIPS weights not found at {str(p)!r}")
-        return p
-    env = os.environ.get(LPIPS_ENV)
-    if env:
-        p = Path(env).expanduser()
-        if not p.is_file():
-            raise ValueError(f"${LPIPS_ENV} names {str(p)!r}, which is not a file")
+    p = _given_file(lpips_path, LPIPS_ENV, "LPIPS")
+    if p is not None:
         return p
     try:
         spec = importlib.util.find_spec("lpips")
