@@ -960,20 +960,25 @@ def _hairline(fr, u, v):
     return hl
 
 
+def _stubble_texture(fr: _Frame, u, v, *, depth: float, base: float):
+    """Multiplier for stubble coverage: base + depth * fine noise where the 180-per-unit stubble
+    cells are resolved at this sampling, the plain `base` where they are not."""
+    k = 180.0
+    amp = fr.cells(k)
+    if not amp.any():
+        return base
+    sp = _noise("fine", u * k, v * k)
+    sp *= depth * amp
+    sp += base
+    return sp
+
+
 def _scalp(fr: _Frame, w: _Win, m, lit, n):
     """Shaved head: a faint stubble shadow above the hairline and a shinier dome."""
     u, v = w.u, w.v
     hl = _hairline(fr, u, v)
     a = m * _soft(v - hl, 0.03)
-    k = 180.0
-    amp = fr.cells(k)
-    if amp.any():
-        sp = _noise("fine", u * k, v * k)
-        sp *= 0.06 * amp
-        sp += 0.3
-        a *= sp
-    else:
-        a *= 0.3
+    a *= _stubble_texture(fr, u, v, depth=0.06, base=0.3)
     col = fr.hair_color * 0.4 + fr.skin * 0.25
     _paint(w.img, a, col, lit * 0.6)
     sp2 = fr.specular(*n, squarings=2)
@@ -1162,15 +1167,7 @@ def _beard(fr: _Frame):
         lips = _lips(fr, u, v, shrink=1.08)[0]
         ys, xs = fr.hw2.rel(w)
         m = fr.h_m2[:, ys, xs] * _soft(top - v + 0.01, 0.04)
-        k = 180.0
-        amp = fr.cells(k)
-        if amp.any():
-            sp = _noise("fine", u * k, v * k)
-            sp *= 0.14 * amp
-            sp += 0.8
-            m *= sp
-        else:
-            m *= 0.8
+        m *= _stubble_texture(fr, u, v, depth=0.14, base=0.8)
         m *= 1.0 - lips
         m *= fr.stubble_density
         ys, xs = fr.sw2.rel(w)
