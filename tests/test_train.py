@@ -34,12 +34,7 @@ TINY = ["--cfg", "lite", "--cbase", "256", "--cmax", "32", "--map", "1", "--wdim
         "--workers", "0"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class MemImages:
