@@ -6,7 +6,11 @@ Commands:
   fetch     download a registered model into the cache, with resume and checksum
   info      describe a checkpoint (resolution, num_ws, dims, parameters, format)
   models    list the registered models
+  project   align a photo and invert it into a model's latent space (PNG + .npz latent)
+  mix       take chosen layers of one latent into another (latents from .npz files or photos)
+  edit      move a latent along attribute directions (e.g. --attr shaved=2)
 
+Progress goes to stderr, written paths to stdout; every file is written atomically.
 Errors print one line on stderr and exit with status 1 (2 for bad arguments).
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -148,6 +153,201 @@ def cmd_info(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------
+# project / mix / edit (through stylemix.api: the same code paths as the app)
+
+
+def _progress(args, label: str):
+    """progress(fraction, text) that prints to stderr about twice a second (and at the end)."""
+    import time
+
+    if getattr(args, "quiet", False):
+        return None
+    state = {"last": 0.0}
+
+    def report(fraction: float, text: str) -> None:
+        now = time.monotonic()
+        if fraction >= 1.0 or fraction <= 0.0 or now - state["last"] >= 0.5:
+            state["last"] = now
+            print(f"{label}: {100 * fraction:5.1f}% {text}", file=sys.stderr, flush=True)
+    return report
+
+
+def _note(args, text: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(text, file=sys.stderr, flush=True)
+
+
+def _load_model(args):
+    from . import api
+
+    model = api.load_model(args.model)
+    for note in model.notes:
+        _note(args, f"warning: {note}")
+    return model
+
+
+def _write(path: Path, data: bytes, args) -> None:
+    from .fileio import atomic_write_bytes
+
+    atomic_write_bytes(path, data)
+    if not getattr(args, "quiet", False):
+        print(path)
+
+
+def _is_npz(path: Path) -> bool:
+    if path.suffix.lower() == ".npz":
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
+def _image_bytes(path: Path) -> bytes:
+    if not path.is_file():
+        raise CLIError(f"image file not found: {str(path)!r}")
+    return path.read_bytes()
+
+
+def _invert_image(model, path: Path, args, label: str):
+    """Align + invert one photo -> (Latent, Aligned, sha256 of the file)."""
+    import hashlib
+
+    from . import api
+
+    data = _image_bytes(path)
+    face = api.align(model, data, allow_centre_crop=args.allow_centre_crop, passthrough=args.aligned)
+    _note(args, f"{label}: aligned {path.name} ({face.method})")
+    steps = getattr(args, "steps", None)
+    if steps is not None:
+        lat = api.invert(model, face.image, steps=steps, w_plus=bool(getattr(args, "w_plus", False)),
+                         progress=_progress(args, label), seed=args.seed)
+    else:
+        lat = api.invert(model, face.image, quality=args.quality or "balanced",
+                         progress=_progress(args, label), seed=args.seed)
+    _note(args, f"{label}: {lat.quality}, PSNR {lat.psnr:.2f} dB, distance {lat.distance:.4f}, {lat.seconds:.1f} s")
+    return lat, face, hashlib.sha256(data).hexdigest()
+
+
+def _latent_meta(model, lat, face, sha, source: Path) -> dict:
+    from . import __version__
+
+    return {"model": model.name, "model_path": model.path, "resolution": model.resolution,
+            "num_ws": model.num_ws, "w_dim": model.w_dim, "op": "invert", "quality": lat.quality,
+            "steps": lat.steps, "psnr": round(lat.psnr, 4) if math.isfinite(lat.psnr) else None,
+            "distance": round(lat.distance, 6), "distance_kind": lat.distance_kind,
+            "seconds": round(lat.seconds, 3), "encoder": lat.encoder, "source": source.name,
+            "source_sha256": sha, "align_method": face.method, "stylemix": __version__}
+
+
+def _latent_from(model, spec: str, args, label: str, out: Path):
+    """A latent from a .npz file, or from a photo (aligned + inverted; its latent is saved too)."""
+    from . import api
+
+    path = Path(spec)
+    if not path.exists():
+        raise CLIError(f"{label}: {spec!r} does not exist (give a .npz latent or an image file)")
+    if _is_npz(path):
+        ws, meta = api.read_npz(path)
+        made_for = meta.get("model")
+        if made_for and made_for != model.name:
+            _note(args, f"warning: {label} latent {path.name} was made with model {made_for!r}, not {model.name!r}")
+        return ws, {"source": path.name, "kind": "npz"}
+    lat, face, sha = _invert_image(model, path, args, label)
+    _write(out / f"{label}.npz", api.npz_bytes(lat.ws, **_latent_meta(model, lat, face, sha, path)), args)
+    return lat.ws, {"source": path.name, "kind": "image", "source_sha256": sha, "quality": lat.quality}
+
+
+def cmd_project(args) -> int:
+    from . import api
+
+    if args.steps is not None and args.quality is not None:
+        raise CLIError("give either --quality or --steps (the projector), not both")
+    if args.w_plus and args.steps is None:
+        raise CLIError("--w-plus goes with --steps N (the projector); --quality modes always use W+")
+    src = Path(args.image)
+    model = _load_model(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lat, face, sha = _invert_image(model, src, args, "project")
+    stem = src.stem
+    _write(out / f"{stem}_aligned.png", api.png_bytes(face.image), args)
+    _write(out / f"{stem}_projected.png", api.png_bytes(lat.image), args)
+    _write(out / f"{stem}.npz", api.npz_bytes(lat.ws, **_latent_meta(model, lat, face, sha, src)), args)
+    return 0
+
+
+def cmd_mix(args) -> int:
+    from . import api
+
+    model = _load_model(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ws_a, src_a = _latent_from(model, args.a, args, "a", out)
+    ws_b, src_b = _latent_from(model, args.b, args, "b", out)
+    ws = api.mix(model, ws_a, ws_b, args.layers, weights=args.weights, truncation=args.truncation)
+    image = api.render(model, ws)
+    meta = {"model": model.name, "op": "mix", "a": src_a, "b": src_b, "layers": args.layers,
+            "weights": args.weights, "truncation": args.truncation, "num_ws": model.num_ws, "w_dim": model.w_dim}
+    _write(out / "mix.png", api.png_bytes(image), args)
+    _write(out / "mix.npz", api.npz_bytes(ws, **meta), args)
+    return 0
+
+
+def _parse_attr(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    name = name.strip()
+    try:
+        strength = float(value) if sep else None
+    except ValueError:
+        strength = None
+    if not name or strength is None or not math.isfinite(strength):
+        raise CLIError(f"bad --attr {text!r}: expected NAME=STRENGTH, e.g. shaved=2 or has_beard=-1.5")
+    return name, strength
+
+
+def cmd_edit(args) -> int:
+    from . import api
+
+    edits: dict[str, float] = {}
+    for text in args.attr:
+        name, strength = _parse_attr(text)
+        if name in edits:
+            raise CLIError(f"--attr {name} is given twice")
+        edits[name] = strength
+    model = _load_model(args)
+    if not model.directions:  # say so before a long inversion
+        raise CLIError(f"model {model.name!r} has no attribute directions; compute them with "
+                       f"`python -m training.directions --model {model.name}`")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ws, src = _latent_from(model, args.ws, args, "source", out)
+    ws = api.edit(model, ws, edits, method=args.method, layers=args.layers)
+    image = api.render(model, ws)
+    meta = {"model": model.name, "op": "edit", "source": src, "edits": edits, "method": args.method,
+            "layers": args.layers, "num_ws": model.num_ws, "w_dim": model.w_dim}
+    _write(out / "edit.png", api.png_bytes(image), args)
+    _write(out / "edit.npz", api.npz_bytes(ws, **meta), args)
+    return 0
+
+
+def _add_inversion_options(p, *, projector: bool) -> None:
+    p.add_argument("--quality", choices=["fast", "balanced", "best"], default=None,
+                   help="inversion quality for photos (default balanced; fast needs a trained encoder)")
+    if projector:
+        p.add_argument("--steps", type=int, default=None,
+                       help="run the official-style projector for N steps instead of a --quality mode")
+        p.add_argument("--w-plus", action="store_true", help="with --steps: optimise in W+ (default W)")
+    p.add_argument("--allow-centre-crop", action="store_true",
+                   help="use the image centre when no face is detected")
+    p.add_argument("--aligned", action="store_true",
+                   help="the photos are already aligned square faces: only resize them")
+    p.add_argument("--seed", type=int, default=0, help="seed of the inversion (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr, no paths on stdout")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m stylemix", description="StyleMix command-line tools.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -185,6 +385,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="list registered models")
     m.set_defaults(func=cmd_models)
+
+    pr = sub.add_parser("project", help="align a photo and invert it (aligned PNG, reconstruction PNG, .npz)")
+    pr.add_argument("--model", required=True, help="registered model name or checkpoint path")
+    pr.add_argument("--image", required=True, help="photo (JPEG, PNG, WebP, ...)")
+    pr.add_argument("--out", required=True, help="output folder (created if missing)")
+    _add_inversion_options(pr, projector=True)
+    pr.set_defaults(func=cmd_project)
+
+    mx = sub.add_parser("mix", help="take layers of latent B into latent A (mix.png + mix.npz)")
+    mx.add_argument("--model", required=True, help="registered model name or checkpoint path")
+    mx.add_argument("--a", required=True, help="base: a .npz latent or a photo (inverted first)")
+    mx.add_argument("--b", required=True, help="the latent whose layers are taken: .npz or a photo")
+    mx.add_argument("--layers", required=True,
+                    help="groups and/or rows: coarse | middle | fine | 'coarse,5' | '0,1,2'")
+    mx.add_argument("--weights", default=None,
+                    help="blend weight(s) in [0, 1]: one value, or one per --layers entry ('1,0.5')")
+    mx.add_argument("--truncation", type=float, default=1.0, help="pull the result towards w_avg (1 = none)")
+    mx.add_argument("--out", required=True, help="output folder (created if missing)")
+    _add_inversion_options(mx, projector=False)
+    mx.set_defaults(func=cmd_mix)
+
+    ed = sub.add_parser("edit", help="move a latent along attribute directions (edit.png + edit.npz)")
+    ed.add_argument("--model", required=True, help="registered model name or checkpoint path")
+    ed.add_argument("--ws", required=True, help="a .npz latent or a photo (inverted first)")
+    ed.add_argument("--attr", action="append", required=True, metavar="NAME=STRENGTH",
+                    help="attribute and strength in standard deviations, e.g. shaved=2 (repeatable)")
+    ed.add_argument("--method", default="interfacegan", help="direction method (interfacegan | mean_diff)")
+    ed.add_argument("--layers", default=None, help="edit only these groups/rows (default: all)")
+    ed.add_argument("--out", required=True, help="output folder (created if missing)")
+    _add_inversion_options(ed, projector=False)
+    ed.set_defaults(func=cmd_edit)
     return p
 
 

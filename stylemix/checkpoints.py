@@ -1085,6 +1085,13 @@ def load_generator(path_or_name, *, device="cpu"):
         raise CheckpointError(f"{path}: the generator entry holds a {name}, not a StyleGAN2 Generator", path=path)
     if "provenance" in nets:
         G.provenance = nets["provenance"]
+    # Where G came from, so companions (encoder, directions) can be found by name: the registry
+    # name when loaded by name, else the file's stem.
+    from stylemix import pretrained
+
+    by_name = isinstance(path_or_name, str) and pretrained.is_registered(path_or_name) and not Path(path_or_name).exists()
+    G.model_name = path_or_name if by_name else path.stem
+    G.model_path = str(path)
     return G
 
 

@@ -1,8 +1,57 @@
-"""Projection of an image into a generator's latent space (W or W+) by optimisation.
+"""Inversion: an image -> a generator's W+ latent, by encoder, by optimisation, or both.
 
-    res = project(G, target_uint8_hwc, num_steps=300, w_plus=True)
+Two entry points:
+
+    inv = invert(G, image, mode='balanced')   # encoder init + short W+ optimisation (what the app uses)
+    inv.ws                                     # torch [num_ws, w_dim]; G.synthesis(inv.ws[None], noise_mode='const')
+    inv.image, inv.psnr, inv.distance          # that rendering (uint8 HxWx3), its PSNR (dB) and distance to the target
+
+    res = project(G, target_uint8_hwc, num_steps=1000, w_plus=True)   # the official projector
     res.ws            # [num_ws, w_dim], feed G.synthesis(res.ws[None], noise_mode='const')
     res.image         # uint8 HxWx3: G's rendering of res.ws with the optimised noise maps
+
+## invert(G, image, *, mode, encoder, progress, seed) -> Inversion
+
+The encoder (`stylemix.networks.encoder.Encoder`, trained per generator on the generator's own
+samples by `python -m training.encoder --model NAME`) gives a W+ latent in one forward pass; the
+modes then optimise it, each with the settings in `MODES`:
+
+    mode        steps  lr     lr ramp-down  latent noise   what it is for
+    'fast'      0      -      -             -              encoder only (needs an encoder)
+    'balanced'  30     0.03   last 50%      0              encoder init + short W+ optimisation
+    'best'      300    0.03   last 50%      0              encoder init + long W+ optimisation
+
+Optimisation: Adam (betas 0.9, 0.999) on the W+ latent only, learning rate `lr` with a cosine
+ramp-down over the last `rampdown` fraction of the steps and no ramp-up (the encoder's init is
+already close: a ramp-up only wastes steps), loss = the project's default distance
+(`stylemix.perceptual`: LPIPS-VGG16 when its weights exist, else the offline distance) between
+`G.synthesis(ws, noise_mode='const')` and the target; the best latent seen is kept. G's noise maps
+are NOT optimised: `invert` renders with G's own stored noise (noise_mode='const'), exactly what
+`mixing`/`api.mix` render later, so the reported image, distance and PSNR are what the user will
+see after mixing. (`project` optimises noise maps too; its image needs those maps to reproduce.)
+How the balanced settings were chosen: see `MODES_NOTE`.
+
+Without an encoder (`encoder=False`, or `None` when `find_encoder(G)` finds none), 'balanced' and
+'best' start from w_avg on every layer (`Inversion.encoder` is None) and 'fast' raises ValueError
+naming the command that trains one. `encoder` may be an `Encoder`, a registry name or a file path.
+
+Encoder files (`save_encoder` / `load_encoder`): safetensors; the weights (including the buffers
+`w_avg` and `w_scale`: the generator's mean w and per-dimension std the encoder predicts offsets
+from) plus the metadata key 'stylemix', a JSON header: format 'stylemix.encoder', format_version,
+network 'Encoder', kwargs (rebuilds it), model_name (the generator it was trained for), generator
+(name, file, sha256, img_resolution, num_ws, w_dim), img_resolution, num_ws, w_dim, training
+(options), heldout (measure on fresh samples), weights_sha256. Written atomically. An encoder
+whose img_resolution / num_ws / w_dim differ from G's is refused with ValueError; one trained
+for other weights of the same architecture (w_avg far from G's) gives a warning.
+
+`find_encoder(G)`: the registry entry f"{G.model_name}-encoder" (kind encoder), else
+`pretrained.cache_dir()/encoders/{G.model_name}-encoder.safetensors`, else None.
+
+w_avg / w_std (10000 mapped z's) are computed once per generator instance and cached (keyed by the
+mapping network's parameter versions, so a G whose weights change gets fresh statistics); `project`
+and `invert` share the cache.
+
+## project(): the official projector
 
 The algorithm is the official StyleGAN2-ADA projector's (Karras et al. 2020, projector.py):
 
@@ -25,15 +74,24 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
+import os
+import threading
 import time
+import warnings
+import weakref
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ProjectionResult", "project", "prepare_target", "w_stats"]
+__all__ = ["ProjectionResult", "project", "prepare_target", "w_stats",
+           "Inversion", "invert", "MODES", "MODES_NOTE", "ENCODER_FORMAT", "ENCODER_SUFFIX",
+           "save_encoder", "load_encoder", "find_encoder", "read_encoder_header", "check_encoder",
+           "default_encoder_path", "psnr"]
 
 W_STATS_SEED = 123  # official projector's z seed for w_avg / w_std
 
@@ -74,10 +132,29 @@ def prepare_target(target, resolution: int) -> torch.Tensor:
     return t.detach().clamp(-1, 1)
 
 
+# Per-generator cache of w statistics: G -> {key: (w_avg, w_std, w_std_per_dim)}. Weak keys: the
+# entry goes with its generator. The key holds the mapping parameters' storage and version
+# counters, so in-place updates (training, load_state_dict) invalidate it.
+_W_STATS_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_W_STATS_LOCK = threading.Lock()
+
+
+def _w_stats_key(G, w_avg_samples: int, dev) -> tuple:
+    params = tuple((p.data_ptr(), p._version) for p in G.mapping.parameters())
+    return (int(w_avg_samples), str(dev), params)
+
+
 @torch.no_grad()
-def w_stats(G, w_avg_samples: int = 10000, *, batch: int = 2048) -> tuple[torch.Tensor, float]:
-    """(w_avg [w_dim], w_std) from `w_avg_samples` mapped z's, as the official projector."""
+def _w_stats_full(G, w_avg_samples: int = 10000, *, batch: int = 2048) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """(w_avg [w_dim], w_std, per-dimension std [w_dim]), cached per G instance (see module doc)."""
     dev = _device(G)
+    key = _w_stats_key(G, w_avg_samples, dev)
+    try:
+        cached = _W_STATS_CACHE.get(G, {}).get(key)
+    except TypeError:  # not weak-referenceable: no cache
+        cached = None
+    if cached is not None:
+        return cached[0].clone(), cached[1], cached[2].clone()
     z = torch.from_numpy(np.random.RandomState(W_STATS_SEED).randn(w_avg_samples, G.z_dim)).float()
     c = None
     if getattr(G, "c_dim", 0):
@@ -85,10 +162,27 @@ def w_stats(G, w_avg_samples: int = 10000, *, batch: int = 2048) -> tuple[torch.
     ws = []
     for i in range(0, w_avg_samples, batch):
         zb = z[i:i + batch].to(dev)
-        ws.append(G.mapping(zb, None if c is None else c.expand(len(zb), -1))[:, 0, :].float())
+        # skip_w_avg_update: a G in training mode must not move its tracked w_avg.
+        ws.append(G.mapping(zb, None if c is None else c.expand(len(zb), -1),
+                            skip_w_avg_update=True)[:, 0, :].float())
     w = torch.cat(ws)
     w_avg = w.mean(dim=0)
     w_std = float(((w - w_avg).square().sum() / w_avg_samples).sqrt())
+    w_std_dim = (w - w_avg).square().mean(dim=0).sqrt()
+    with _W_STATS_LOCK:
+        try:
+            # Keep entries for other sample counts of the same weights; drop stale weights.
+            entries = {k: v for k, v in _W_STATS_CACHE.get(G, {}).items() if k[1:] == key[1:]}
+            entries[key] = (w_avg.clone(), w_std, w_std_dim.clone())
+            _W_STATS_CACHE[G] = entries
+        except TypeError:
+            pass
+    return w_avg, w_std, w_std_dim
+
+
+def w_stats(G, w_avg_samples: int = 10000, *, batch: int = 2048) -> tuple[torch.Tensor, float]:
+    """(w_avg [w_dim], w_std) from `w_avg_samples` mapped z's, as the official projector (cached per G)."""
+    w_avg, w_std, _ = _w_stats_full(G, int(w_avg_samples), batch=batch)
     return w_avg, w_std
 
 
@@ -199,9 +293,9 @@ def project(
     target_images = prepare_target(target, G.img_resolution).to(_device(G))
 
     # A frozen copy: G's parameters, buffers and mode stay as they were.
+    w_avg, w_std = w_stats(G, int(w_avg_samples))  # cached per G (computed before the copy)
     G = copy.deepcopy(G).eval().requires_grad_(False)
     dev = _device(G)
-    w_avg, w_std = w_stats(G, int(w_avg_samples))
     w_opt = _initial_w(init, G, w_avg, bool(w_plus)).requires_grad_(True)
 
     # Distance: embed the target once when we own the metric.
@@ -272,3 +366,391 @@ def project(
     return ProjectionResult(ws=ws_final[0], image=to_uint8(img)[0], distance=final, steps=steps,
                             seconds=time.perf_counter() - t0, history=history, noise=noise,
                             w_plus=bool(w_plus), stopped_early=stopped_early, distance_kind=kind)
+
+
+# ------------------------------------------------------------------------------------------------
+# Encoder files
+
+ENCODER_FORMAT = "stylemix.encoder"
+ENCODER_FORMAT_VERSION = 1
+ENCODER_SUFFIX = "-encoder"          # registry name of a model's encoder: '<model>-encoder'
+_ENCODER_HEADER_KEY = "stylemix"     # safetensors metadata key holding the JSON header
+W_AVG_WARN = 0.5                     # warn when |w_avg(G) - encoder.w_avg| / w_std is larger
+
+
+def default_encoder_path(model_name: str) -> Path:
+    """cache_dir()/encoders/{model_name}-encoder.safetensors (where training.encoder writes by default)."""
+    from . import pretrained
+
+    return pretrained.cache_dir() / "encoders" / f"{model_name}{ENCODER_SUFFIX}.safetensors"
+
+
+def _encoder_class():
+    from .networks.encoder import Encoder
+
+    return Encoder
+
+
+def save_encoder(encoder, path, *, model_name: str, generator: dict | None = None, training: dict | None = None,
+                 heldout: dict | None = None) -> Path:
+    """Write `encoder` (weights + JSON header, see module doc) to `path` atomically; returns the path.
+
+    model_name: the generator it was trained for (G.model_name); generator: facts about that
+    generator (file, sha256, ...); training: the options it was trained with; heldout: its measure
+    on fresh samples. All JSON-serialisable. The folder is created when missing."""
+    from safetensors.torch import save as st_save
+
+    from . import __version__
+    from .checkpoints import _jsonable, _weights_digest
+    from .fileio import atomic_write_bytes
+
+    Encoder = _encoder_class()
+    if not isinstance(encoder, Encoder):
+        raise ValueError(f"save_encoder() saves a stylemix Encoder, got {type(encoder).__name__}")
+    if not isinstance(model_name, str) or not model_name:
+        raise ValueError(f"model_name must be a non-empty string, got {model_name!r}")
+    sd = {k: v.detach().cpu().contiguous().clone() for k, v in encoder.state_dict().items()}
+    if not all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point()):
+        raise ValueError("the encoder's weights contain NaN or infinite values; not saving them")
+    header = {
+        "format": ENCODER_FORMAT,
+        "format_version": ENCODER_FORMAT_VERSION,
+        "network": "Encoder",
+        "module": "stylemix.networks.encoder",
+        "kwargs": _jsonable(dict(encoder.init_kwargs), "encoder kwargs"),
+        "model_name": model_name,
+        "img_resolution": int(encoder.img_resolution),
+        "num_ws": int(encoder.num_ws),
+        "w_dim": int(encoder.w_dim),
+        "generator": _jsonable(dict(generator or {}), "generator"),
+        "training": _jsonable(dict(training or {}), "training"),
+        "heldout": _jsonable(dict(heldout or {}), "heldout"),
+        "weights_sha256": _weights_digest(sd),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "stylemix_version": __version__,
+        "torch_version": torch.__version__,
+    }
+    data = st_save(sd, metadata={_ENCODER_HEADER_KEY: json.dumps(header, sort_keys=True, allow_nan=False)})
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, data)
+    return path
+
+
+def read_encoder_header(path) -> dict:
+    """The JSON header of an encoder file (no weights read); ValueError when it is not one."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types
+        raise ValueError(f"{str(path)!r} is not a readable safetensors file (truncated or corrupt?): "
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    try:
+        header = json.loads(meta.get(_ENCODER_HEADER_KEY, "null"))
+    except ValueError:
+        header = None
+    if not isinstance(header, dict) or header.get("format") != ENCODER_FORMAT:
+        found = header.get("format") if isinstance(header, dict) else None
+        raise ValueError(f"{str(path)!r} is not a StyleMix encoder file (format {found!r}, expected "
+                         f"{ENCODER_FORMAT!r})")
+    version = header.get("format_version")
+    if not isinstance(version, int) or not 1 <= version <= ENCODER_FORMAT_VERSION:
+        raise ValueError(f"{str(path)!r}: encoder format version {version!r} is not supported "
+                         f"(this StyleMix reads up to {ENCODER_FORMAT_VERSION})")
+    if header.get("network") != "Encoder" or not isinstance(header.get("kwargs"), dict):
+        raise ValueError(f"{str(path)!r}: encoder header names no known network ({header.get('network')!r})")
+    return header
+
+
+_ENCODER_CACHE: dict = {}   # (path, size, mtime_ns, device) -> Encoder (eval, frozen)
+_ENCODER_CACHE_LOCK = threading.Lock()
+
+
+def load_encoder(name_or_path, *, device="cpu"):
+    """An `Encoder` (eval mode, frozen) from a registry name or a file path; ValueError if unusable.
+
+    A registered generator name also works when '<name>-encoder' is registered. The loaded
+    network has `.name` (the registry name, else the path), `.path`, `.model_name` (the
+    generator it was trained for) and `.header`. Loads are cached per file (path, size, mtime)."""
+    from safetensors.torch import load_file
+
+    from . import pretrained
+    from .checkpoints import _weights_digest
+
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ValueError(f"expected an encoder name or file path, got {type(name_or_path).__name__}")
+    p = Path(name_or_path).expanduser()
+    label = str(name_or_path)
+    if not p.exists() and isinstance(name_or_path, str):
+        name = name_or_path
+        if not name.endswith(ENCODER_SUFFIX) and pretrained.is_registered(name + ENCODER_SUFFIX):
+            name += ENCODER_SUFFIX
+        if pretrained.is_registered(name):
+            kind = pretrained.get_entry(name).kind
+            if kind != "encoder":
+                raise ValueError(f"model {name!r} is a {kind!r}, not an encoder (train one with "
+                                 f"`python -m training.encoder --model {name}`)")
+        label = name
+        try:
+            p = pretrained.resolve(name)
+        except pretrained.FetchError as exc:
+            raise ValueError(f"encoder {name!r} is not usable: {exc}") from None
+    elif not p.is_file():
+        raise ValueError(f"{str(p)!r} is not a file")
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns, str(device))
+    with _ENCODER_CACHE_LOCK:
+        cached = _ENCODER_CACHE.get(key)
+    if cached is not None:
+        return cached
+
+    header = read_encoder_header(p)
+    try:
+        sd = load_file(str(p), device="cpu")
+    except Exception as exc:
+        raise ValueError(f"{str(p)!r}: cannot read the encoder's weights (truncated or corrupt?): "
+                         f"{type(exc).__name__}") from None
+    digest = _weights_digest(sd)
+    if header.get("weights_sha256") != digest:
+        raise ValueError(f"{str(p)!r}: weights do not match the sha256 in the header: the file was altered")
+    Encoder = _encoder_class()
+    try:
+        net = Encoder(**header["kwargs"])
+        net.load_state_dict(sd, strict=True)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{str(p)!r}: the weights do not rebuild an Encoder: "
+                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    for k in ("img_resolution", "num_ws", "w_dim"):
+        if header.get(k) != getattr(net, k):
+            raise ValueError(f"{str(p)!r}: header {k}={header.get(k)!r} disagrees with the network's {getattr(net, k)}")
+    if not (torch.isfinite(net.w_avg).all() and torch.isfinite(net.w_scale).all()):
+        raise ValueError(f"{str(p)!r}: the stored w_avg / w_scale contain NaN or infinite values")
+    net = net.to(device).eval().requires_grad_(False)
+    net.header = header
+    net.name = label
+    net.path = str(p)
+    net.model_name = header.get("model_name")
+    with _ENCODER_CACHE_LOCK:
+        for k in [k for k in _ENCODER_CACHE if k[0] == key[0]]:
+            del _ENCODER_CACHE[k]
+        _ENCODER_CACHE[key] = net
+    return net
+
+
+def _model_label(G) -> str:
+    name = getattr(G, "model_name", None)
+    return name if isinstance(name, str) and name else "NAME"
+
+
+def check_encoder(encoder, G) -> None:
+    """ValueError when `encoder` cannot invert into G (img_resolution / num_ws / w_dim differ)."""
+    Encoder = _encoder_class()
+    if not isinstance(encoder, Encoder):
+        raise ValueError(f"encoder must be a stylemix Encoder, a name or a path, got {type(encoder).__name__}")
+    mine = (encoder.img_resolution, encoder.num_ws, encoder.w_dim)
+    theirs = (G.img_resolution, G.num_ws, G.w_dim)
+    if mine != theirs:
+        what = getattr(encoder, "name", None) or "the encoder"
+        raise ValueError(
+            f"encoder {what} does not fit this generator: it makes img_resolution/num_ws/w_dim = "
+            f"{mine[0]}/{mine[1]}/{mine[2]}, the generator {_model_label(G)!r} needs {theirs[0]}/{theirs[1]}/"
+            f"{theirs[2]}; train one with `python -m training.encoder --model {_model_label(G)}`")
+
+
+def find_encoder(G):
+    """The encoder for G by name (see module doc), or None. ValueError when the one found does not fit G."""
+    from . import pretrained
+
+    name = getattr(G, "model_name", None)
+    if not isinstance(name, str) or not name:
+        return None
+    enc = None
+    reg = name + ENCODER_SUFFIX
+    if pretrained.is_registered(reg) and pretrained.get_entry(reg).kind == "encoder":
+        enc = load_encoder(reg)
+    else:
+        path = default_encoder_path(name)
+        if path.is_file():
+            enc = load_encoder(path)
+    if enc is not None:
+        check_encoder(enc, G)
+    return enc
+
+
+# ------------------------------------------------------------------------------------------------
+# invert()
+
+#: Per-mode settings: optimiser steps, Adam learning rate, fraction of the steps with a cosine
+#: learning-rate ramp-down, latent noise (units of w_std) at step 0 and the fraction of the steps
+#: over which it fades out (quadratically, as in `project`). See MODES_NOTE for how they were chosen.
+MODES: dict[str, dict] = {
+    "fast": dict(steps=0),
+    "balanced": dict(steps=30, lr=0.03, rampdown=0.5, noise=0.0, noise_ramp=0.75),
+    "best": dict(steps=300, lr=0.03, rampdown=0.5, noise=0.0, noise_ramp=0.75),
+}
+
+MODES_NOTE = "(filled in from the measurement)"
+
+
+@dataclasses.dataclass
+class Inversion:
+    ws: torch.Tensor                 # [num_ws, w_dim] float32 on the CPU
+    image: np.ndarray                # uint8 HxWx3: G.synthesis(ws[None], noise_mode='const')
+    distance: float                  # perceptual distance of that rendering to the target
+    psnr: float                      # dB, images in [0, 255]: the uint8 rendering vs the target
+    seconds: float                   # wall-clock time of the whole call
+    mode: str                        # 'fast', 'balanced' or 'best'
+    steps: int                       # optimiser steps taken
+    distance_kind: str               # perceptual.describe()
+    encoder: str | None              # the encoder's name/path; None = started from w_avg
+    history: list = dataclasses.field(default_factory=list)  # distance before each step
+    init_distance: float = math.nan  # distance of the starting latent (encoder output or w_avg)
+
+
+def psnr(image, target) -> float:
+    """PSNR in dB (peak 255) between two images: uint8 HxWx3 arrays, or float [1,]3xHxW in [-1, 1]."""
+    def to255(x):
+        if isinstance(x, np.ndarray) and x.dtype == np.uint8:
+            return torch.from_numpy(x.astype(np.float64))
+        t = torch.as_tensor(x).detach().double().cpu()
+        if t.ndim == 4:
+            t = t[0]
+        if t.ndim == 3 and t.shape[0] == 3:
+            t = t.permute(1, 2, 0)
+        return ((t.clamp(-1, 1) + 1) * 127.5)
+    a, b = to255(image), to255(target)
+    if a.shape != b.shape:
+        raise ValueError(f"psnr: images differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+    mse = float((a - b).square().mean())
+    return 10.0 * math.log10(255.0 ** 2 / max(mse, 1e-10))
+
+
+def _check_generator(G) -> None:
+    for attr in ("mapping", "synthesis", "num_ws", "w_dim", "z_dim", "img_resolution"):
+        if not hasattr(G, attr):
+            raise ValueError(f"G must be a StyleGAN2 Generator (missing {attr!r}), got {type(G).__name__}")
+
+
+def _resolve_encoder(encoder, G):
+    """-> (Encoder or None, label or None)."""
+    if encoder is None:
+        enc = find_encoder(G)
+    elif encoder is False:
+        enc = None
+    elif isinstance(encoder, (str, os.PathLike)):
+        enc = load_encoder(encoder)
+    else:
+        enc = encoder
+    if enc is None:
+        return None, None
+    check_encoder(enc, G)
+    label = getattr(enc, "name", None) or getattr(enc, "path", None) or "Encoder"
+    return enc, str(label)
+
+
+def invert(
+    G,                                   # stylemix.networks.Generator (not modified)
+    image,                               # uint8 HxWx3 numpy (aligned, any square size) or float [1,]3xHxW in [-1, 1]
+    *,
+    mode: str = "balanced",              # 'fast' | 'balanced' | 'best' (see MODES)
+    encoder=None,                        # Encoder, name or path; None = find_encoder(G); False = none
+    progress: Callable | None = None,    # progress(step, total, distance) after every optimiser step
+    seed: int = 0,                       # latent noise (when a mode uses it)
+) -> Inversion:
+    """Invert `image` into G's W+ space: encoder, then (balanced/best) W+ optimisation. See module doc."""
+    from . import perceptual
+    from .mixing import to_uint8
+
+    t0 = time.perf_counter()
+    _check_generator(G)
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ValueError(f"mode must be one of {tuple(MODES)}, got {mode!r}")
+    if progress is not None and not callable(progress):
+        raise ValueError(f"progress must be a callable or None, got {type(progress).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    target = prepare_target(image, G.img_resolution)
+    enc, enc_label = _resolve_encoder(encoder, G)
+    settings = MODES[mode]
+    steps = int(settings.get("steps", 0))
+    if enc is None and steps == 0:
+        name = _model_label(G)
+        raise ValueError(f"mode {mode!r} needs an encoder for generator {name!r} and none was found; train "
+                         f"one with `python -m training.encoder --model {name}` (it is written to "
+                         f"{default_encoder_path(name)}), or use mode 'balanced' or 'best'")
+
+    w_avg, w_std = w_stats(G)  # cached per G
+    if enc is not None:
+        dist_w = float((enc.w_avg.detach().cpu().float() - w_avg.cpu()).norm()) / max(w_std, 1e-8)
+        if dist_w > W_AVG_WARN:
+            warnings.warn(f"encoder {enc_label} was trained for other weights ({enc.model_name!r}): its w_avg is "
+                          f"{dist_w:.2f} w_std from this generator's; retrain it with "
+                          f"`python -m training.encoder --model {_model_label(G)}`", stacklevel=2)
+    Gc = copy.deepcopy(G).eval().requires_grad_(False)  # G's own noise_const buffers come along
+    dev = _device(Gc)
+    target = target.to(dev)
+
+    metric = perceptual.get_metric()
+    with torch.no_grad():
+        target_emb = [e.detach() for e in metric.embed(target)]
+        if enc is not None:
+            enc_dev = next(iter(enc.buffers())).device
+            ws0 = enc(target.to(enc_dev)).to(dev, torch.float32)
+        else:
+            ws0 = w_avg.to(dev).reshape(1, 1, -1).expand(1, Gc.num_ws, Gc.w_dim)
+        ws0 = ws0.reshape(1, Gc.num_ws, Gc.w_dim).clone()
+    if not torch.isfinite(ws0).all():
+        raise FloatingPointError(f"the encoder {enc_label} produced NaN or infinite ws")
+
+    def dist_fn(img):
+        return metric.compare(metric.embed(img), target_emb).sum()
+
+    history: list[float] = []
+    best_ws, best_img, best_d = None, None, math.inf
+    if steps > 0:
+        lr0 = float(settings["lr"])
+        rampdown = float(settings.get("rampdown", 0.5))
+        noise0 = float(settings.get("noise", 0.0))
+        noise_ramp = float(settings.get("noise_ramp", 0.75))
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        w = ws0.clone().requires_grad_(True)
+        opt = torch.optim.Adam([w], betas=(0.9, 0.999), lr=lr0)
+        for step in range(steps):
+            t = step / steps
+            ramp = min(1.0, (1.0 - t) / rampdown) if rampdown > 0 else 1.0
+            for group in opt.param_groups:
+                group["lr"] = lr0 * (0.5 - 0.5 * math.cos(ramp * math.pi))
+            noise_scale = w_std * noise0 * max(0.0, 1.0 - t / noise_ramp) ** 2
+            ws = w
+            if noise_scale > 0:
+                ws = w + torch.randn(w.shape, generator=gen).to(dev) * noise_scale
+            synth = Gc.synthesis(ws, noise_mode="const")
+            dist = dist_fn(synth)
+            d = float(dist.detach())
+            if not math.isfinite(d):
+                raise FloatingPointError(f"inversion diverged at step {step}: distance {d}")
+            if noise_scale == 0 and d < best_d:  # the distance of w itself: keep the best seen
+                best_d, best_ws, best_img = d, w.detach().clone(), synth.detach()
+            opt.zero_grad(set_to_none=True)
+            dist.backward()
+            opt.step()
+            history.append(d)
+            if progress is not None:
+                progress(step, steps, d)
+        ws_final = w.detach()
+    else:
+        ws_final = ws0
+
+    with torch.no_grad():
+        img = Gc.synthesis(ws_final, noise_mode="const")
+        final = float(dist_fn(img))
+    if best_ws is not None and best_d < final:
+        ws_final, img, final = best_ws, best_img, best_d
+    image_u8 = to_uint8(img)[0]
+    return Inversion(ws=ws_final[0].detach().to("cpu", torch.float32).clone(), image=image_u8,
+                     distance=final, psnr=psnr(image_u8, target), seconds=time.perf_counter() - t0,
+                     mode=mode, steps=steps, distance_kind=metric.describe(), encoder=enc_label,
+                     history=history, init_distance=history[0] if history else final)

@@ -44,13 +44,18 @@ class _RandomImages:
         return self.x[i], np.zeros([0], np.float32)
 
 
-def make_trainer(res: int, cbase: int, cmax: int, wdim: int, batch_gpu: int, batch: int, aug_p: float | None = None):
+def make_trainer(res: int, cbase: int, cmax: int, wdim: int, batch_gpu: int, batch: int, aug_p: float | None = None,
+                 map_layers: int | None = None):
+    """A Trainer with the options train.py resolves for `--cfg lite` and these sizes, on 64 random
+    in-memory images (also used by benchmarks/bench_train.py)."""
     from .train import build_options, build_parser
     from .training_loop import Trainer, TrainingSet
 
     ts = TrainingSet(_RandomImages(64, res), name="random")
     argv = ["--data", ".", "--cfg", "lite", "--cbase", str(cbase), "--cmax", str(cmax), "--wdim", str(wdim),
             "--batch", str(batch), "--batch-gpu", str(batch_gpu), "--workers", "0"]
+    if map_layers is not None:
+        argv += ["--map", str(map_layers)]
     if aug_p is not None:  # ADA's cost once p has grown: fixed augmentation at that p
         argv += ["--aug", "fixed", "--p", str(aug_p)]
     o = build_options(build_parser().parse_args(argv), training_set=ts, world_size=1)

@@ -18,6 +18,7 @@ switch at a random layer to the ws of a second z (style-mixing regularisation). 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable
 
@@ -29,7 +30,17 @@ __all__ = ["StyleGAN2Loss", "PHASES"]
 PHASES = ("Gmain", "Greg", "Gboth", "Dmain", "Dreg", "Dboth")
 
 
+def _zero_fill_grads(module: torch.nn.Module) -> None:
+    """A zero .grad for every trainable parameter that the backward pass did not reach."""
+    for p in module.parameters():
+        if p.requires_grad and p.grad is None:
+            p.grad = torch.zeros_like(p)
+
+
 class StyleGAN2Loss:
+    pl_zero_term = False
+    dmain_g_no_grad = True
+
     def __init__(self, G, D, *,
                  augment_pipe=None,            # callable applied to images before D (ADA), or None
                  style_mixing_prob=0.9,        # probability of mixing two latents in a sample
@@ -113,13 +124,18 @@ class StyleGAN2Loss:
             self.report("Loss/pl_penalty", pl_penalty)
             loss_Gpl = pl_penalty * self.pl_weight
             self.report("Loss/G/reg", loss_Gpl)
-            # The zero term keeps every synthesis parameter in the graph (their grads exist, = 0),
-            # so that all processes all-reduce the same set of gradients.
-            (gen_img[:, 0, 0, 0] * 0 + loss_Gpl).mean().mul(gain).backward()
+            if self.pl_zero_term:
+                # The official way to give every synthesis parameter a gradient (= 0 where the
+                # penalty does not reach it), so that all processes all-reduce the same set.
+                (gen_img[:, 0, 0, 0] * 0 + loss_Gpl).mean().mul(gain).backward()
+            else:
+                loss_Gpl.mean().mul(gain).backward()
+                _zero_fill_grads(self.G)
 
         loss_Dgen = None
         if do_Dmain:  # D: call the generated images fake
-            gen_img, _ = self.run_G(gen_z, gen_c)
+            with (torch.no_grad() if self.dmain_g_no_grad else contextlib.nullcontext()):
+                gen_img, _ = self.run_G(gen_z, gen_c)
             gen_logits = self.run_D(gen_img.detach(), gen_c)
             self.report("Loss/scores/fake", gen_logits)
             self.report("Loss/signs/fake", gen_logits.sign())

@@ -1,0 +1,134 @@
+"""Smoke tests of benchmarks/bench_inversion.py and benchmarks/bench_mixing.py on the tiny 32 px
+generator (with an untrained encoder and made-up directions): they run end to end in seconds,
+print progress on stderr and one JSON object as the last stdout line."""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from stylemix import pretrained
+from stylemix.checkpoints import save_generator
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"bench_{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, tiny32_G):
+    """tinybench.safetensors with an encoder and has_beard/shaved directions in a private cache."""
+    from stylemix.editing import Direction, save_directions
+    from stylemix.inversion import default_encoder_path, save_encoder, w_stats
+    from stylemix.networks.encoder import Encoder
+
+    root = tmp_path_factory.mktemp("bench")
+    cache = root / "cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_EXTENSIONS_DIR", os.environ.get("TORCH_EXTENSIONS_DIR")
+                  or str(pretrained.cache_dir() / "torch_extensions"))
+        mp.setenv("STYLEMIX_CACHE", str(cache))
+        path = save_generator(tiny32_G, root / "tinybench.safetensors", provenance={"test": "test_benchmarks"})
+        torch.manual_seed(0)
+        enc = Encoder(32, tiny32_G.num_ws, tiny32_G.w_dim, channel_base=64, channel_max=32, feature_dim=32)
+        w_avg, w_std = w_stats(tiny32_G)  # this generator's statistics (no 'other weights' warning)
+        enc.set_w_stats(w_avg, torch.full([tiny32_G.w_dim], w_std / tiny32_G.w_dim ** 0.5))
+        save_encoder(enc, default_encoder_path("tinybench"), model_name="tinybench")
+        rng = np.random.RandomState(0)
+        dirs = {}
+        for attr in ("has_beard", "shaved"):
+            d = Direction(attr, "interfacegan", rng.randn(tiny32_G.w_dim).astype(np.float32), scale=1.0)
+            dirs[d.key] = d
+        (cache / "directions").mkdir(parents=True)
+        save_directions(cache / "directions" / "tinybench-directions.safetensors", dirs, meta={})
+        yield str(path)
+
+
+def _last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_bench_inversion_smoke(tiny_model, capsys):
+    bench = _load("inversion")
+    assert bench.main(["--model", tiny_model, "--n", "2", "--projector-n", "1", "--projector-steps", "2",
+                       "--qualities", "fast,balanced", "--threads", "1"]) == 0
+    captured = capsys.readouterr()
+    res = _last_json(captured.out)
+    for key in ("fast", "balanced", "projector_w", "projector_wplus"):
+        assert res[key]["n"] == (2 if key == "projector_w" or key == "projector_wplus" else 4)
+        for metric in ("psnr", "distance", "identity_l2", "s_per_image"):
+            assert isinstance(res[key][metric], float) and np.isfinite(res[key][metric])
+    assert res["fast"]["steps"] == 0 and res["projector_wplus"]["steps"] == 2
+    assert res["balanced_psnr_vs_projector_wplus"] > 0 and res["balanced_time_vs_projector_wplus"] > 0
+    assert res["projector_n"] == 1 and res["model"] == "tinybench"
+    assert "projector on the first 1 of each set" in captured.err and "balanced:" in captured.err
+
+
+def test_bench_inversion_rejects_reserved_seed(tiny_model):
+    with pytest.raises(SystemExit):
+        _load("inversion").main(["--model", tiny_model, "--seed", "7100"])
+
+
+def test_bench_mixing_smoke(tiny_model, capsys):
+    bench = _load("mixing")
+    assert bench.main(["--model", tiny_model, "--pairs", "2", "--quality", "fast", "--search", "greedy",
+                       "--strengths", "2", "--threads", "1"]) == 0
+    captured = capsys.readouterr()
+    res = _last_json(captured.out)
+    assert set(res["both_rate"]) == {"coarse", "middle"}  # 32 px: no fine rows
+    assert all(0 <= v <= 1 for v in res["both_rate"].values())
+    assert set(res["single_layer_both_rate"]) == {str(i) for i in range(8)}
+    assert isinstance(res["best_layers"], list) and all(0 <= r < 8 for r in res["best_layers"])
+    assert 0 <= res["best_both_rate"] <= 1 and res["selection_pairs"] == res["evaluation_pairs"] == 1
+    assert set(res["edit_both_rate"]) == {"beard+shaved@2", "shaved+has_beard@2"}
+    assert res["identity"]["coarse"]["to_beard"] >= 0 and res["identity_mode"] == "different"
+    assert "inverted 2/2 pairs" in captured.err
+
+
+class _FakeEvaluator:
+    """both-rate = share of pairs whose 'target' rows are all taken, minus 0.1 per extra row
+    (as a share of pairs that lose an attribute): the best set is {1, 3}."""
+
+    def __init__(self, n):
+        self.n = n
+        self.calls = []
+
+    def mix(self, rows, idx):
+        self.calls.append(tuple(sorted(rows)))
+        rows = set(rows)
+        hit = 0.0
+        if 1 in rows:
+            hit += 0.3
+        if 3 in rows:
+            hit += 0.4
+        hit -= 0.1 * len(rows - {1, 3})
+        k = int(round(max(0.0, hit) * len(idx)))
+        arr = np.zeros((len(idx), 4))
+        arr[:k, :2] = 1.0  # the first k pairs carry both attributes
+        return arr
+
+
+def test_layer_searches_find_the_best_set():
+    bench = _load("mixing")
+    ev = _FakeEvaluator(10)
+    rows, rate, trace = bench.greedy(ev, 6, list(range(10)))
+    assert rows == [1, 3] and rate == pytest.approx(0.7)
+    assert [t["rows"] for t in trace] == [[], [3], [1, 3]]
+    assert len(set(ev.calls)) <= 1 + 6 + 5 + 4  # baseline + three rounds of candidates
+    rows, rate, _ = bench.exhaustive(_FakeEvaluator(10), 6, list(range(10)))
+    assert rows == [1, 3] and rate == pytest.approx(0.7)
+    # nothing beats taking no rows: greedy keeps the empty set
+    class Flat(_FakeEvaluator):
+        def mix(self, rows, idx):
+            return np.zeros((len(idx), 4))
+    assert bench.greedy(Flat(4), 6, list(range(4)))[0] == []

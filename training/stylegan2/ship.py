@@ -1,0 +1,538 @@
+"""Ship a training run's G_ema snapshot as a bundled model: `pretrained/<name>.safetensors` + its MANIFEST record.
+
+    python -m training.stylegan2.ship --run RUN_DIR [--snapshot KIMG|latest|best] \\
+        --quality-json quality.json --name synthfaces64 --out pretrained/synthfaces64.safetensors [--interim]
+
+- `--snapshot`: `latest` (default: the one latest.json points at), `best` (the snapshot whose
+  per-snapshot synthfaces metric in `metric-synthfaces*.jsonl` is best: passing ones first, then
+  the lowest FD ratio, then the smallest attribute-rate gap) or a kimg value (`400`, `0.064`).
+- `--quality-json`: the report of `python -m training.stylegan2.quality --model <that snapshot>`
+  (its `--out` file, or its stdout: the last line that is a JSON object is taken). It must be
+  about this snapshot (same weights, or the same file name when the measured file is gone).
+- A snapshot that does not meet the quality bar (`passed` at the bar's 5,000 samples) is refused
+  unless `--interim`, which records `"interim": true`.
+
+The snapshot file is copied byte for byte when it is already a self-describing StyleMix
+safetensors file (its sha256 then equals the snapshot's); anything else loadable is re-saved with
+`stylemix.checkpoints.save_generator`. The record (name, path, sha256, size, resolution, kind
+'generator', aligned_domain 'synthfaces', description, licence, made_by = the run's training
+command rebuilt from training_options.json, kimg, training time = the sum of the run's tick times
+in stats.jsonl up to the snapshot, hardware, quality, train_data with the dataset's render
+options, interim) replaces the record of the same name in the manifest, in place; every other
+record is kept as it is. Both files are written atomically (temporary file + rename), the model
+first. `--manifest` (default: MANIFEST.json next to `--out`) must be in a folder that holds `--out`.
+
+Errors print one line (`error: ...`) and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ship", "find_snapshot", "training_command", "training_time", "update_manifest_record",
+           "read_quality_json", "hardware", "main"]
+
+DEFAULT_LICENCE = "same as the StyleMix repository; trained only on procedural synthfaces renders"
+# ours: network-snapshot-<kimg:06d>[.<img:03d>].safetensors; the official runs': .pkl
+SNAPSHOT_RE = re.compile(r"^network-snapshot-(\d{6,})(?:\.(\d{3}))?\.(?:safetensors|pkl|pt)$")
+# Keys this tool writes; other keys of an existing record (e.g. best_layers, added by
+# benchmarks/bench_mixing.py) survive a re-ship of the same weights only.
+RECORD_KEYS = ("name", "path", "sha256", "size", "resolution", "kind", "aligned_domain", "description", "licence",
+               "source_page", "made_by", "interim", "kimg", "snapshot", "run", "training_time_s", "training_time_h",
+               "ticks", "resumes", "hardware", "quality", "train_data", "date")
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading the run directory
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no {what} there") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable {what} ({exc})") from None
+
+
+def _jsonl(path: Path) -> list[dict]:
+    """The JSON objects of a .jsonl file; a partial or broken line is skipped."""
+    out = []
+    if not path.is_file():
+        return out
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def _snapshots(run: Path) -> dict[int, Path]:
+    """{cur_nimg: path} of the run's generator snapshots (safetensors preferred at equal kimg)."""
+    found = {}
+    for p in sorted(run.iterdir()):
+        m = SNAPSHOT_RE.match(p.name)
+        if m and p.is_file():
+            nimg = int(m.group(1)) * 1000 + int(m.group(2) or 0)
+            if nimg not in found or p.suffix == ".safetensors":
+                found[nimg] = p
+    return found
+
+
+def _metric_score(results: dict) -> tuple | None:
+    """Sort key of one per-snapshot metric result (smaller is better), None when unusable."""
+    if not isinstance(results, dict) or "error" in results:
+        return None
+    ratio = results.get("ratio")
+    if ratio is None or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
+        ratio = math.inf
+    gaps = results.get("rate_gaps") or {}
+    worst_gap = max((abs(float(g)) for g in gaps.values()), default=math.inf)
+    return (not results.get("passed", False), ratio, worst_gap)
+
+
+def find_snapshot(run, which: str = "latest") -> tuple[Path, int]:
+    """(path, cur_nimg) of the snapshot named by `which`: 'latest', 'best' or a kimg value."""
+    run = Path(run)
+    snaps = _snapshots(run)
+    if not snaps:
+        raise ValueError(f"{run}: no network-snapshot-*.safetensors in this run directory")
+    which = str(which).strip()
+    if which == "latest":
+        latest = run / "latest.json"
+        if latest.is_file():
+            rec = _read_json(latest, "snapshot pointer")
+            name = rec.get("network") if isinstance(rec, dict) else None
+            if not isinstance(name, str) or not (run / name).is_file():
+                raise ValueError(f"{latest} points at {name!r}, which is not in {run}")
+            nimg = next((n for n, p in snaps.items() if p.name == name), None)
+            if nimg is None:
+                raise ValueError(f"{latest} points at {name!r}, which is not a network snapshot")
+            return run / name, nimg
+        nimg = max(snaps)
+        return snaps[nimg], nimg
+    if which == "best":
+        scored = []
+        for path in sorted(run.glob("metric-*.jsonl")):
+            for rec in _jsonl(path):
+                nimg = int(round(float(rec.get("kimg", -1)) * 1000))
+                score = _metric_score(rec.get("results"))
+                if score is not None and nimg in snaps:
+                    scored.append((score, -nimg))
+        if not scored:
+            raise ValueError(f"{run}: no per-snapshot metric results (metric-*.jsonl) to pick the best snapshot "
+                             f"from; name a kimg or 'latest'")
+        nimg = -min(scored)[1]
+        return snaps[nimg], nimg
+    try:
+        kimg = float(which)
+    except ValueError:
+        raise ValueError(f"--snapshot {which!r}: give a kimg value, 'latest' or 'best'") from None
+    nimg = int(round(kimg * 1000))
+    if nimg not in snaps:
+        have = ", ".join(f"{n / 1000:g}" for n in sorted(snaps))
+        raise ValueError(f"{run}: no snapshot at kimg {kimg:g}; snapshots at kimg {have}")
+    return snaps[nimg], nimg
+
+
+def training_time(run, cur_nimg: int) -> dict:
+    """Sum of the tick times (sec_per_tick) in stats.jsonl up to the snapshot at `cur_nimg`.
+
+    A tick's time runs from the end of the previous tick's bookkeeping to the end of its last step,
+    so snapshot writing and per-snapshot metrics are not in it. Resumed runs drop the log lines
+    past the snapshot they resume from, so each tick is counted once (a duplicate is counted once)."""
+    stats = _jsonl(Path(run) / "stats.jsonl")
+    ticks: dict[int, float] = {}
+    cumulative = None
+    resumes = 0
+    for rec in stats:
+        if rec.get("event") == "resume":
+            resumes += 1
+            continue
+        if "tick" not in rec or "sec_per_tick" not in rec:
+            continue
+        nimg = int(round(float(rec.get("kimg", 0)) * 1000))
+        if nimg <= cur_nimg:
+            ticks[int(rec["tick"])] = float(rec["sec_per_tick"])
+            if nimg == cur_nimg:
+                cumulative = rec.get("sec")
+    if not ticks:
+        raise ValueError(f"{run}: stats.jsonl has no tick records up to kimg {cur_nimg / 1000:g}")
+    total = sum(ticks.values())
+    return dict(seconds=round(total, 1), ticks=len(ticks), resumes=resumes,
+                cumulative_sec=None if cumulative is None else float(cumulative))
+
+
+# ------------------------------------------------------------------------------------------------
+# The training command
+
+
+def _fmt(x) -> str:
+    return format(x, "g") if isinstance(x, float) else str(x)
+
+
+def training_command(o: dict) -> str:
+    """The `python -m training.stylegan2.train ...` command line that makes a run with options `o`
+    (training_options.json): its data, outdir, cfg and every option that differs from what the cfg
+    and the defaults give. The device and thread count are not recorded in the options."""
+    from .configs import resolve_spec
+    from .train import DEFAULTS
+
+    a = dict(o.get("args") or {})
+    data = o["data"]
+    world = int(o.get("num_gpus", 1))
+    cfg = o["cfg"]
+    argv = ["--data", data["path"]]
+    if o.get("run_dir"):
+        argv += ["--outdir", str(Path(o["run_dir"]).parent)]
+    argv += ["--cfg", cfg]
+    if data.get("use_labels"):
+        argv.append("--cond")
+    if data.get("xflip"):
+        argv.append("--mirror")
+    res = int(data["resolution"])
+    native = _dataset_resolution(data.get("path"))
+    if native is not None and native != res:
+        argv += ["--resolution", str(res)]
+    spec = resolve_spec(cfg, resolution=res, gpus=world)
+    got = o.get("cfg_spec") or {}
+    for key, flag in (("cbase", "--cbase"), ("cmax", "--cmax"), ("map", "--map"), ("wdim", "--wdim"),
+                      ("mbstd", "--mbstd")):
+        if key in got and got[key] != spec[key]:
+            argv += [flag, _fmt(got[key])]
+    if "gamma" in a:
+        argv += ["--gamma", _fmt(a["gamma"])]
+    kimg = o.get("total_kimg", a.get("kimg"))
+    if "kimg" in a or (kimg is not None and float(kimg) != float(spec["kimg"])):
+        argv += ["--kimg", _fmt(kimg)]
+    if "batch" in a:
+        argv += ["--batch", _fmt(a["batch"])]
+    per_rank = int(o["batch_size"]) // world
+    if "batch" in a:
+        default_bg = per_rank if cfg != "lite" else min(per_rank, spec["batch_gpu"])
+    else:
+        default_bg = min(spec["batch_gpu"], per_rank)
+    if int(o["batch_gpu"]) != default_bg:
+        argv += ["--batch-gpu", str(o["batch_gpu"])]
+    if o.get("snap", DEFAULTS["snap"]) != DEFAULTS["snap"]:
+        argv += ["--snap", _fmt(o["snap"])]
+    if float(o.get("kimg_per_tick", DEFAULTS["tick"])) != float(DEFAULTS["tick"]):
+        argv += ["--tick", _fmt(o["kimg_per_tick"])]
+    if o.get("random_seed", DEFAULTS["seed"]) != DEFAULTS["seed"]:
+        argv += ["--seed", _fmt(o["random_seed"])]
+    if o.get("keep_states", DEFAULTS["keep_states"]) != DEFAULTS["keep_states"]:
+        argv += ["--keep-states", _fmt(o["keep_states"])]
+    if o.get("workers") not in (None, 1, 3):  # 1 and 3 are the CPU and CUDA defaults
+        argv += ["--workers", _fmt(o["workers"])]
+    aug = o.get("aug", DEFAULTS["aug"])
+    if aug != DEFAULTS["aug"]:
+        argv += ["--aug", aug]
+    for key in ("p", "target", "augpipe"):
+        if key in a:
+            argv += [f"--{key}", _fmt(a[key])]
+    if "resume" in a:
+        argv += ["--resume", str(a["resume"])]
+    if "freezed" in a:
+        argv += ["--freezed", _fmt(a["freezed"])]
+    m = o.get("metrics")
+    if m:
+        argv += ["--metrics", m["name"]]
+        if int(m["num_samples"]) != DEFAULTS["metrics_n"]:
+            argv += ["--metrics-n", str(m["num_samples"])]
+        if m.get("render_options_source") == "--metrics-render-options":
+            argv += ["--metrics-render-options", json.dumps(m["render_options"], sort_keys=True)]
+    prefix = ["python", "-m", "training.stylegan2.train"] if world == 1 else \
+        ["torchrun", "--nproc_per_node", str(world), "-m", "training.stylegan2.train"]
+    return shlex.join(prefix + argv)
+
+
+def _dataset_resolution(path) -> int | None:
+    """The resolution a synthfaces dataset zip records (None when it is not one / not readable)."""
+    if not path:
+        return None
+    try:
+        from .quality import render_options_from_dataset
+
+        found = render_options_from_dataset(path)
+    except (OSError, ValueError):
+        return None
+    return int(found["render_options"]["res"]) if found else None
+
+
+def train_data_record(o: dict, quality: dict) -> dict:
+    """What the model was trained on: the dataset and its synthfaces render options (from the
+    dataset zip when it is readable here, else from the run's metric options, else from the
+    quality report), with where they came from."""
+    data = o.get("data") or {}
+    rec = {k: data[k] for k in ("name", "path", "num_raw", "size", "resolution", "xflip", "use_labels") if k in data}
+    ro, source, seeds = None, None, None
+    try:
+        from .quality import render_options_from_dataset
+
+        found = render_options_from_dataset(data["path"]) if data.get("path") else None
+    except (OSError, ValueError):
+        found = None
+    if found is not None:
+        ro, source, seeds = found["render_options"], "dataset zip (dataset.json + params.jsonl)", found["train_seeds"]
+    elif (o.get("metrics") or {}).get("render_options") is not None:
+        m = o["metrics"]
+        ro, source = m["render_options"], f"training_options.json metrics ({m.get('render_options_source')})"
+        seeds = m.get("exclude_seeds")
+    elif isinstance(quality.get("render_options"), dict):
+        ro, source = quality["render_options"], "quality report"
+    rec["render_options"] = ro
+    rec["render_options_source"] = source
+    if seeds is not None:
+        rec["render_seeds"] = seeds
+    return rec
+
+
+# ------------------------------------------------------------------------------------------------
+# Quality report, hardware, manifest
+
+
+def read_quality_json(path) -> dict:
+    """The quality report: a JSON file, or a captured stdout whose last JSON-object line is it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"--quality-json {path}: cannot read it ({exc.strerror or exc})") from None
+    report = None
+    try:
+        report = json.loads(text)
+    except ValueError:
+        for line in reversed(text.splitlines()):
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    report = json.loads(line)
+                    break
+                except ValueError:
+                    continue
+    if not isinstance(report, dict):
+        raise ValueError(f"--quality-json {path}: holds no JSON object (give the JSON that "
+                         f"`python -m training.stylegan2.quality` prints or writes with --out)")
+    missing = [k for k in ("fd", "floor", "passed", "num_samples") if k not in report]
+    if missing:
+        raise ValueError(f"--quality-json {path}: not a synthfaces quality report (no {', '.join(missing)})")
+    return report
+
+
+def hardware() -> str:
+    """'<CPU model>, <N> cores, torch <version>' of this machine."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def update_manifest_record(manifest, record: dict) -> list[str]:
+    """Put `record` into manifest['models'] atomically: in place of the record of the same name
+    (keeping its position), else at the end. Every other record is kept byte-for-byte in value.
+    Returns the keys of the old record that were dropped."""
+    from stylemix.fileio import atomic_write_text
+
+    manifest = Path(manifest)
+    data: Any = {"models": []}
+    if manifest.exists():
+        data = _read_json(manifest, "manifest")
+        if isinstance(data, list):
+            data = {"models": data}
+        if not isinstance(data, dict) or not isinstance(data.setdefault("models", []), list):
+            raise ValueError(f"{manifest}: not a manifest ({{\"models\": [...]}})")
+    models = data["models"]
+    dropped: list[str] = []
+    for i, old in enumerate(models):
+        if isinstance(old, dict) and old.get("name") == record["name"]:
+            extra = {k: v for k, v in old.items() if k not in RECORD_KEYS}
+            if old.get("sha256") == record.get("sha256"):
+                record = {**record, **extra}  # same weights: keep what other tools added
+            else:
+                dropped = sorted(extra)
+            models[i] = record
+            break
+    else:
+        models.append(record)
+    atomic_write_text(manifest, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    return dropped
+
+
+def _same_model(quality: dict, snapshot: Path, digest: str) -> None:
+    """The quality report must be about this snapshot (same weights, or the same file name)."""
+    from stylemix.checkpoints import CheckpointError, read_header
+
+    model = quality.get("model")
+    if not model:
+        return
+    mp = Path(str(model)).expanduser()
+    if mp.is_file():
+        try:
+            other = read_header(mp).get("weights_sha256")
+        except CheckpointError:
+            other = None
+        if other is not None:
+            if other != digest:
+                raise ValueError(f"the quality report measured {model}, whose weights differ from {snapshot.name}; "
+                                 f"measure the snapshot you ship")
+            return
+    if mp.name != snapshot.name:
+        raise ValueError(f"the quality report measured {model!r}, not {snapshot.name}; measure the snapshot you ship "
+                         f"(python -m training.stylegan2.quality --model {snapshot})")
+
+
+# ------------------------------------------------------------------------------------------------
+# Ship
+
+
+def ship(run, *, quality_json, name: str, out, snapshot: str = "latest", manifest=None, interim: bool = False,
+         description: str | None = None, licence: str = DEFAULT_LICENCE, log=print) -> dict:
+    """Copy the snapshot to `out` and write its record into `manifest`; returns the record."""
+    import hashlib
+
+    from stylemix.checkpoints import CheckpointError, load_generator, read_header, save_generator
+    from stylemix.fileio import atomic_write_bytes
+
+    run = Path(run).expanduser()
+    if not (run / "training_options.json").is_file():
+        raise ValueError(f"--run {run}: not a training run directory (no training_options.json)")
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"--name {name!r}: a model name has no '/' and does not start with '.'")
+    out = Path(out).expanduser()
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out {out}: ship writes safetensors only (give a .safetensors path)")
+    manifest = Path(manifest).expanduser() if manifest is not None else out.parent / "MANIFEST.json"
+    try:
+        rel = out.resolve().relative_to(manifest.resolve().parent)
+    except ValueError:
+        raise ValueError(f"--out {out} must lie in the manifest's folder {manifest.parent}") from None
+
+    o = _read_json(run / "training_options.json", "training options")
+    quality = read_quality_json(quality_json)
+    snap_path, nimg = find_snapshot(run, snapshot)
+    meets_bar = bool(quality.get("passed")) and quality.get("at_bar_size", True) is not False
+    if not meets_bar and not interim:
+        why = "does not pass the quality bar" if not quality.get("passed") else \
+            f"was measured on {quality.get('num_samples')} samples, not the bar's size"
+        raise ValueError(f"{snap_path.name} {why} (ratio {quality.get('ratio')}, rate gaps "
+                         f"{quality.get('rate_gaps')}); pass --interim to ship it as an interim model")
+
+    train_data = train_data_record(o, quality)
+    qro = quality.get("render_options")
+    if isinstance(qro, dict) and train_data["render_options"] is not None and qro != train_data["render_options"]:
+        raise ValueError(f"the quality report compares against render options {json.dumps(qro)}, but the run trained "
+                         f"on {json.dumps(train_data['render_options'])} ({train_data['render_options_source']})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    # The file: a self-describing StyleMix safetensors snapshot is copied byte for byte; anything
+    # else that loads as a generator is re-saved in that format.
+    try:
+        header = read_header(snap_path) if snap_path.suffix == ".safetensors" else None
+    except CheckpointError:
+        header = None
+    if header is not None and header.get("network") == "Generator":
+        data = snap_path.read_bytes()
+    else:
+        G = load_generator(snap_path)
+        provenance = dict(getattr(G, "provenance", None) or {}, trainer="training.stylegan2", run_dir=run.name,
+                          snapshot=snap_path.name, kimg=nimg / 1000)
+        tmp = out.with_name(out.name + ".resave.tmp")
+        try:
+            save_generator(G, tmp, provenance=provenance)
+            header = read_header(tmp)
+            data = tmp.read_bytes()
+        finally:
+            tmp.unlink(missing_ok=True)
+    digest = header["weights_sha256"]
+    resolution = int(header["kwargs"]["img_resolution"])
+    _same_model(quality, snap_path, digest)
+
+    t = training_time(run, nimg)
+    record = {
+        "name": name,
+        "path": rel.as_posix(),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+        "resolution": resolution,
+        "kind": "generator",
+        "aligned_domain": "synthfaces",
+        "description": description or (
+            f"StyleGAN2-ADA generator {resolution}x{resolution} trained on procedural synthfaces renders "
+            f"(--cfg {o.get('cfg')}, {nimg / 1000:g} kimg)" + (" - interim: below the quality bar" if interim else "")),
+        "licence": licence,
+        "source_page": "training/stylegan2/train.py",
+        "made_by": training_command(o),
+        "interim": bool(interim),
+        "kimg": nimg / 1000,
+        "snapshot": snap_path.name,
+        "run": run.name,
+        "training_time_s": t["seconds"],
+        "training_time_h": round(t["seconds"] / 3600, 2),
+        "ticks": t["ticks"],
+        "resumes": t["resumes"],
+        "hardware": hardware(),
+        "quality": quality,
+        "train_data": train_data,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write_bytes(out, data)
+    G_check = load_generator(out)  # the shipped file loads (and its header digest checks out)
+    assert int(G_check.img_resolution) == resolution, (G_check.img_resolution, resolution)
+    dropped = update_manifest_record(manifest, record)
+    log(f"shipped {snap_path.name} (kimg {nimg / 1000:g}{', interim' if interim else ''}) as {name!r}: {out} "
+        f"({record['size']} bytes, sha256 {record['sha256'][:16]}...), record in {manifest}")
+    if dropped:
+        log(f"note: new weights, so the old record's {', '.join(dropped)} were dropped")
+    return record
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.stylegan2.ship", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, help="the training run directory")
+    ap.add_argument("--snapshot", default="latest", help="kimg value, 'latest' (default) or 'best'")
+    ap.add_argument("--quality-json", dest="quality_json", required=True,
+                    help="the snapshot's report from `python -m training.stylegan2.quality`")
+    ap.add_argument("--name", required=True, help="model name in the manifest, e.g. synthfaces64")
+    ap.add_argument("--out", required=True, help="where the model goes, e.g. pretrained/synthfaces64.safetensors")
+    ap.add_argument("--manifest", help="manifest to update (default: MANIFEST.json next to --out)")
+    ap.add_argument("--interim", action="store_true", help="ship a snapshot below the quality bar, marked interim")
+    ap.add_argument("--description", help="one line for the model list (default: generated)")
+    ap.add_argument("--licence", default=DEFAULT_LICENCE, help="licence line (default: the repository's)")
+    args = ap.parse_args(argv)
+    try:
+        ship(args.run, quality_json=args.quality_json, name=args.name, out=args.out, snapshot=args.snapshot,
+             manifest=args.manifest, interim=args.interim, description=args.description, licence=args.licence)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as exc:
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
