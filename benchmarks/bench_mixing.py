@@ -26,11 +26,12 @@ Measures, with the classifier api.score uses for the model (threshold 0.5):
 Layer search (the choice is tuned on one half of the pairs and reported on the other, so the
 reported best rate is not inflated by the selection): the pairs are split into a selection half
 (even indices) and an evaluation half (odd indices).
-- `--search greedy` (default): forward selection; start from no rows; each round adds the row
-  whose addition gives the highest both_rate on the selection half; stop when no row improves it
-  strictly (ties: the lower row). The start (no rows: the beard reconstruction) is the baseline,
-  so best_layers is [] when no row set beats it. At most num_ws rounds, num_ws*(num_ws+1)/2
-  candidate sets.
+- `--search greedy` (default): forward selection; start from no rows; each round adds the row,
+  or the whole layer group (coarse / middle / fine), whose addition gives the highest both_rate
+  on the selection half; stop when nothing improves it strictly (ties: the smaller, then lower
+  addition). Groups are candidates because one row alone often changes too little to flip an
+  attribute. The start (no rows: the beard reconstruction) is the baseline, so best_layers is []
+  when no row set beats it. At most num_ws rounds.
 - `--search exhaustive`: every non-empty row subset (2^num_ws - 1 sets; refused above 2^12); the
   first set (fewest rows, then lowest rows) with the highest selection rate wins.
 `best_layers` is the chosen set, `best_both_rate` its rate on the evaluation half,
@@ -143,16 +144,21 @@ def both(arr: np.ndarray) -> float:
     return float(np.mean((arr[:, 0] >= THRESHOLD) & (arr[:, 1] >= THRESHOLD))) if len(arr) else 0.0
 
 
-def greedy(ev: Evaluator, num_ws: int, sel) -> tuple[list, float, list]:
+def greedy(ev: Evaluator, num_ws: int, sel, groups: dict | None = None) -> tuple[list, float, list]:
     chosen: list[int] = []
     best = both(ev.mix([], sel))  # no rows taken: the beard reconstruction itself
     trace = [{"rows": [], "both_rate_selection": round(best, 4)}]
     while len(chosen) < num_ws:
-        scores = [(both(ev.mix(chosen + [r], sel)), -r) for r in range(num_ws) if r not in chosen]
-        rate, neg_r = max(scores)
+        moves = [[r] for r in range(num_ws) if r not in chosen]
+        for rows in (groups or {}).values():
+            extra = sorted(set(rows) - set(chosen))
+            if len(extra) > 1 and extra not in moves:
+                moves.append(extra)
+        # best rate; ties: fewer rows added, then the lower rows
+        rate, _, _, add = max((both(ev.mix(chosen + m, sel)), -len(m), [-r for r in m], m) for m in moves)
         if rate <= best:
             break
-        chosen.append(-neg_r)
+        chosen.extend(add)
         best = rate
         trace.append({"rows": sorted(chosen), "both_rate_selection": round(rate, 4)})
         log(f"  greedy: rows {sorted(chosen)} -> both-rate {rate:.3f} on the selection half")
@@ -248,7 +254,10 @@ def main(argv=None) -> int:
     singles = {str(r): summary(ev.mix([r], everyone)) for r in range(model.num_ws)}
     log(f"single layers: { {r: s['both_rate'] for r, s in singles.items()} }")
     search = greedy if args.search == "greedy" else exhaustive
-    best_rows, best_sel, trace = search(ev, model.num_ws, sel)
+    if search is greedy:
+        best_rows, best_sel, trace = greedy(ev, model.num_ws, sel, model.layer_groups)
+    else:
+        best_rows, best_sel, trace = exhaustive(ev, model.num_ws, sel)
     best_eval = summary(ev.mix(best_rows, evl))  # [] (nothing beat taking no rows): the beard reconstruction
     log(f"best rows {best_rows}: both-rate {best_sel:.3f} (selection half), "
         f"{best_eval['both_rate']:.3f} (evaluation half)")

@@ -16,8 +16,9 @@ idle core however busy the machine is. Compare with the official code on the sam
 same CPU by running both side by side (the official code did ~19 img/s for this config at 64 px
 on the 2-core machine, DESIGN.md).
 
-`--no-speedups` turns off this project's training-step speed-ups that the official code does not
-have (see the notes in training_loop.py and loss.py), for an A/B run in another process.
+`--no-speedups` turns off this project's CPU speed-up that the official code does not have
+(training_loop.tune_cpu_allocator: glibc keeps freed memory instead of page-faulting it back in),
+for an A/B run in another process (it is process-wide, so it cannot be toggled within one).
 
     python benchmarks/bench_train.py                 # all cores
     python benchmarks/bench_train.py --threads 1 --rounds 5
@@ -64,8 +65,8 @@ def main(argv=None) -> int:
     ap.add_argument("--aug-p", dest="aug_p", type=float, default=None,
                     help="fixed augmentation at this p (default: ADA starting at p = 0, as a new run)")
     ap.add_argument("--no-speedups", dest="speedups", action="store_false",
-                    help="the official behaviour where this project is faster (allocator tuning, Greg's zero "
-                         "term, autograd in Dmain's G forward)")
+                    help="leave glibc's allocator as it is (training_loop.tune_cpu_allocator off), for an A/B "
+                         "run in another process")
     args = ap.parse_args(argv)
     for name in ("res", "batch", "steps", "rounds"):
         if getattr(args, name) < 1:
@@ -76,7 +77,6 @@ def main(argv=None) -> int:
 
     from training.stylegan2.bench_lite import make_trainer
     from training.stylegan2.configs import cfg_specs
-    from training.stylegan2.loss import StyleGAN2Loss
     from training.stylegan2 import training_loop
 
     lite = cfg_specs["lite"]
@@ -86,8 +86,6 @@ def main(argv=None) -> int:
     batch_gpu = args.batch_gpu or min(lite["batch_gpu"], args.batch)
     if not args.speedups:
         training_loop.TUNE_CPU_ALLOCATOR = False
-        StyleGAN2Loss.pl_zero_term = True
-        StyleGAN2Loss.dmain_g_no_grad = False
 
     print(f"building lite {args.res}x{args.res}: channel_base {cbase}, channel_max {cmax}, {map_layers} mapping "
           f"layers, batch {args.batch} in passes of {batch_gpu}, {threads} thread(s), torch {torch.__version__}",
@@ -138,6 +136,7 @@ def main(argv=None) -> int:
         "img_per_s_rounds": [round(x, 3) for x in wall],
         "threads": torch.get_num_threads(),
         "speedups": bool(args.speedups),
+        "allocator_tuned": bool(tr.cpu_allocator_tuned),
         "torch": torch.__version__,
         "cpu": cpu_model(),
         "cores": os.cpu_count(),

@@ -132,3 +132,22 @@ def test_layer_searches_find_the_best_set():
         def mix(self, rows, idx):
             return np.zeros((len(idx), 4))
     assert bench.greedy(Flat(4), 6, list(range(4)))[0] == []
+
+
+def test_greedy_takes_a_whole_group_when_no_single_row_helps():
+    """Both attributes appear only when rows 0 and 1 are taken together (one row alone changes too
+    little): single-row greedy would stop at [], the group move finds {0, 1}."""
+    bench = _load("mixing")
+
+    class Pair(_FakeEvaluator):
+        def mix(self, rows, idx):
+            arr = np.zeros((len(idx), 4))
+            if {0, 1} <= set(rows):
+                arr[: len(idx) // 2, :2] = 1.0
+            return arr
+
+    groups = {"coarse": [0, 1], "middle": [2, 3], "fine": [4, 5]}
+    assert bench.greedy(Pair(10), 6, list(range(10)))[0] == []
+    rows, rate, trace = bench.greedy(Pair(10), 6, list(range(10)), groups)
+    assert rows == [0, 1] and rate == pytest.approx(0.5)
+    assert [t["rows"] for t in trace] == [[], [0, 1]]

@@ -148,6 +148,7 @@ def test_ship_copies_snapshot_and_writes_record(run_dir, pretrained_dir, tmp_pat
     assert rec["kind"] == "generator" and rec["aligned_domain"] == "synthfaces" and rec["resolution"] == 16
     assert rec["interim"] is False and rec["kimg"] == 0.008 and rec["snapshot"] == snap.name
     assert rec["training_time_s"] == 4.0 and rec["ticks"] == 2 and rec["resumes"] == 1  # 1.5 + 2.5, not tick 2
+    assert rec["resumed_by"] == f"python -m training.stylegan2.train --resume {run_dir}"
     assert rec["quality"] == quality_report(snap)
     assert rec["train_data"]["render_options"] == {"res": 16}
     assert "metrics" in rec["train_data"]["render_options_source"]
@@ -172,7 +173,8 @@ def test_the_real_pretrained_folder_is_left_alone(run_dir, pretrained_dir, tmp_p
     ship_mod.ship(run_dir, quality_json=write_quality(tmp_path, quality_report(snap)), name="synthfaces16",
                   out=pretrained_dir / "synthfaces16.safetensors", log=lambda m: None)  # manifest: next to out
     assert (real.read_bytes(), real.stat().st_mtime_ns) == stamp
-    assert any(m["name"] == "synthfaces16" for m in json.loads((pretrained_dir / "MANIFEST.json").read_text())["models"])
+    models = json.loads((pretrained_dir / "MANIFEST.json").read_text())["models"]
+    assert any(m["name"] == "synthfaces16" for m in models)
 
 
 def test_snapshot_choice_latest_best_kimg(run_dir):

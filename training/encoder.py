@@ -297,6 +297,9 @@ def train(args, *, stop_after: int | None = None) -> dict:
             print(f"resuming {state_path} at step {start}", file=sys.stderr)
         else:
             print(f"--resume: no training state at {state_path}; starting from step 0", file=sys.stderr)
+    elif state_path.is_file():
+        print(f"note: {state_path} holds an interrupted run; without --resume it is started again from step 0 "
+              f"(and that state is overwritten)", file=sys.stderr)
     if start > args.steps:
         raise UsageError(f"--steps {args.steps} is below the {start} steps already done ({state_path})")
 
@@ -369,7 +372,8 @@ def train(args, *, stop_after: int | None = None) -> dict:
                     command="python -m training.encoder " + " ".join(shlex.quote(a) for a in getattr(args, "argv", [])),
                     hardware=f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
                     date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    save_encoder(enc, out, model_name=G.model_name, generator=generator, training=training, heldout=measure)
+    save_encoder(enc, out, model_name=G.model_name, generator=generator, training=training, heldout=measure,
+                 half=args.half)
     state_path.unlink(missing_ok=True)
     print(f"held-out ({measure['n']} fresh samples): ws MSE {measure['ws_mse']:.4g} "
           f"(w_avg {measure['ws_mse_w_avg']:.4g}, ratio {measure['ws_mse_ratio']:.3f}); re-synthesis PSNR "
@@ -410,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--channel-max", type=int, default=256, help="encoder's maximum channels (default 256)")
     ap.add_argument("--feature-dim", type=int, default=512, help="encoder head width (default 512)")
     ap.add_argument("--heldout", type=int, default=200, help="fresh samples of the held-out measure (default 200)")
+    ap.add_argument("--half", action="store_true",
+                    help="store the weights as float16 (half the file size; they run in float32)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--compare-modes", type=int, default=0, metavar="N",
                     help="do not train: compare invert's modes with the projector on N fresh samples, using the "

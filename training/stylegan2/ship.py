@@ -48,7 +48,7 @@ SNAPSHOT_RE = re.compile(r"^network-snapshot-(\d{6,})(?:\.(\d{3}))?\.(?:safetens
 # benchmarks/bench_mixing.py) survive a re-ship of the same weights only.
 RECORD_KEYS = ("name", "path", "sha256", "size", "resolution", "kind", "aligned_domain", "description", "licence",
                "source_page", "made_by", "interim", "kimg", "snapshot", "run", "training_time_s", "training_time_h",
-               "ticks", "resumes", "hardware", "quality", "train_data", "date")
+               "ticks", "resumes", "resumed_by", "hardware", "quality", "train_data", "date")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -491,6 +491,10 @@ def ship(run, *, quality_json, name: str, out, snapshot: str = "latest", manifes
         "training_time_h": round(t["seconds"] / 3600, 2),
         "ticks": t["ticks"],
         "resumes": t["resumes"],
+        # options that --resume may change (kimg, snap, tick, workers, keep_states) show in made_by
+        # with the values of the last resume
+        "resumed_by": (f"python -m training.stylegan2.train --resume {o.get('run_dir') or run}"
+                       if t["resumes"] else None),
         "hardware": hardware(),
         "quality": quality,
         "train_data": train_data,
