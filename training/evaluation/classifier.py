@@ -51,7 +51,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import shlex
 import sys
 import time
@@ -421,15 +420,9 @@ def update_manifest(manifest: Path, entry: dict) -> None:
 
 
 def _hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    from training.machine import hardware
+
+    return hardware(torch.get_num_threads())
 
 
 # ------------------------------------------------------------------------------------------------

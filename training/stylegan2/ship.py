@@ -31,7 +31,6 @@ import argparse
 import datetime
 import json
 import math
-import os
 import re
 import shlex
 import sys
@@ -333,19 +332,9 @@ def read_quality_json(path) -> dict:
 
 def hardware() -> str:
     """'<CPU model>, <N> cores, torch <version>' of this machine."""
-    import platform
+    from training.machine import hardware as describe
 
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+    return describe()
 
 
 def update_manifest_record(manifest, record: dict) -> list[str]:
