@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,16 +37,6 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None) -> int:
@@ -78,6 +67,7 @@ def main(argv=None) -> int:
     from training.stylegan2.bench_lite import make_trainer
     from training.stylegan2.configs import cfg_specs
     from training.stylegan2 import training_loop
+    from training.machine import cpu_model
 
     lite = cfg_specs["lite"]
     cbase = args.cbase or lite["cbase"]
