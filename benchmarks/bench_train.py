@@ -16,12 +16,18 @@ idle core however busy the machine is. Compare with the official code on the sam
 same CPU by running both side by side (the official code did ~19 img/s for this config at 64 px
 on the 2-core machine, DESIGN.md).
 
+`--cpu-bf16 compare` alternates float32 rounds with rounds whose convolutions run in bfloat16
+(train.py --cpu-bf16; needs AVX512-BF16 or AMX) in the same process and adds "img_per_s_bf16" and
+"bf16_speedup" (ratio of the medians) to the JSON; `--cpu-bf16 on` measures bfloat16 only.
+"img_per_s" is always the float32 number, the like-for-like comparison with the official code.
+
 `--no-speedups` turns off this project's CPU speed-up that the official code does not have
 (training_loop.tune_cpu_allocator: glibc keeps freed memory instead of page-faulting it back in),
 for an A/B run in another process (it is process-wide, so it cannot be toggled within one).
 
     python benchmarks/bench_train.py                 # all cores
     python benchmarks/bench_train.py --threads 1 --rounds 5
+    python benchmarks/bench_train.py --cpu-bf16 compare
 """
 
 from __future__ import annotations
@@ -56,6 +62,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-speedups", dest="speedups", action="store_false",
                     help="leave glibc's allocator as it is (training_loop.tune_cpu_allocator off), for an A/B "
                          "run in another process")
+    ap.add_argument("--cpu-bf16", dest="cpu_bf16", choices=("off", "on", "compare"), default="off",
+                    help="bfloat16 convolutions: off (default), on, or compare (alternating rounds, one process)")
     args = ap.parse_args(argv)
     for name in ("res", "batch", "steps", "rounds"):
         if getattr(args, name) < 1:
@@ -68,6 +76,11 @@ def main(argv=None) -> int:
     from training.stylegan2.configs import cfg_specs
     from training.stylegan2 import training_loop
     from training.machine import cpu_model
+    from stylemix.ops.conv2d_resample import bf16_supported, cpu_conv_dtype
+
+    if args.cpu_bf16 != "off" and not bf16_supported():
+        print("--cpu-bf16: this CPU has no native bfloat16 support (AVX512-BF16 or AMX)", file=sys.stderr)
+        return 2
 
     lite = cfg_specs["lite"]
     cbase = args.cbase or lite["cbase"]
@@ -90,25 +103,34 @@ def main(argv=None) -> int:
     print(f"G {n_g:.2f}M, D {n_d:.2f}M parameters; warm-up step {time.perf_counter() - t0:.2f} s",
           file=sys.stderr, flush=True)
 
-    wall, cpu = [], []
+    modes = {"off": [None], "on": [torch.bfloat16], "compare": [None, torch.bfloat16]}[args.cpu_bf16]
+    wall = {m: [] for m in modes}
+    cpu = {m: [] for m in modes}
     for r in range(args.rounds):
-        t0, c0 = time.perf_counter(), time.process_time()
-        for _ in range(args.steps):
-            tr.train_step()
-        dt, dc = time.perf_counter() - t0, time.process_time() - c0
-        n = args.steps * tr.batch_size
-        wall.append(n / dt)
-        cpu.append(n / dc)
-        print(f"round {r + 1}/{args.rounds}: {args.steps} steps, {n} images in {dt:.1f} s: {wall[-1]:.2f} img/s "
-              f"({cpu[-1]:.2f} img per CPU-second)", file=sys.stderr, flush=True)
+        for mode in modes:
+            with cpu_conv_dtype(mode):
+                if len(modes) > 1:
+                    tr.train_step()  # settle after the switch (not timed)
+                t0, c0 = time.perf_counter(), time.process_time()
+                for _ in range(args.steps):
+                    tr.train_step()
+                dt, dc = time.perf_counter() - t0, time.process_time() - c0
+            n = args.steps * tr.batch_size
+            wall[mode].append(n / dt)
+            cpu[mode].append(n / dc)
+            label = "" if mode is None else " bfloat16 convolutions"
+            print(f"round {r + 1}/{args.rounds}{label}: {args.steps} steps, {n} images in {dt:.1f} s: "
+                  f"{wall[mode][-1]:.2f} img/s ({cpu[mode][-1]:.2f} img per CPU-second)", file=sys.stderr, flush=True)
 
     try:
         load = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         load = None
+    main_mode = modes[0]
     result = {
-        "img_per_s": round(statistics.median(wall), 3),
-        "img_per_cpu_s": round(statistics.median(cpu), 3),
+        "img_per_s": round(statistics.median(wall[main_mode]), 3),
+        "img_per_cpu_s": round(statistics.median(cpu[main_mode]), 3),
+        "conv_dtype": "bfloat16" if main_mode is not None else "float32",
         "cfg": "lite",
         "res": args.res,
         "channel_base": int(o["G_kwargs"]["synthesis_kwargs"]["channel_base"]),
@@ -123,7 +145,7 @@ def main(argv=None) -> int:
         "augment": "ada (p from 0)" if args.aug_p is None else f"fixed p={args.aug_p:g}",
         "steps": args.steps,
         "rounds": args.rounds,
-        "img_per_s_rounds": [round(x, 3) for x in wall],
+        "img_per_s_rounds": [round(x, 3) for x in wall[main_mode]],
         "threads": torch.get_num_threads(),
         "speedups": bool(args.speedups),
         "allocator_tuned": bool(tr.cpu_allocator_tuned),
@@ -132,6 +154,11 @@ def main(argv=None) -> int:
         "cores": os.cpu_count(),
         "loadavg": load,
     }
+    if args.cpu_bf16 == "compare":
+        bf = statistics.median(wall[torch.bfloat16])
+        result["img_per_s_bf16"] = round(bf, 3)
+        result["img_per_s_bf16_rounds"] = [round(x, 3) for x in wall[torch.bfloat16]]
+        result["bf16_speedup"] = round(bf / statistics.median(wall[None]), 3)
     print(json.dumps(result))
     return 0
 

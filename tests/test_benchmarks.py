@@ -151,3 +151,28 @@ def test_greedy_takes_a_whole_group_when_no_single_row_helps():
     rows, rate, trace = bench.greedy(Pair(10), 6, list(range(10)), groups)
     assert rows == [0, 1] and rate == pytest.approx(0.5)
     assert [t["rows"] for t in trace] == [[], [0, 1]]
+
+
+def test_bench_train_smoke_and_bf16_compare(capsys):
+    """bench_train on a 16 px lite network: float32 rounds, and with --cpu-bf16 compare, bfloat16
+    rounds measured in the same process with their ratio (bfloat16 convolutions run, slowly, in
+    software on CPUs without AVX512-BF16, so the comparison is only requested where it is native)."""
+    from stylemix.ops.conv2d_resample import bf16_supported
+
+    bench = _load("train")
+    small = ["--res", "16", "--cbase", "64", "--cmax", "16", "--map", "1", "--batch", "4", "--steps", "1",
+             "--rounds", "2", "--threads", "1"]
+    mode = "compare" if bf16_supported() else "off"
+    assert bench.main([*small, "--cpu-bf16", mode]) == 0
+    out, err = capsys.readouterr()
+    r = _last_json(out)
+    assert r["img_per_s"] > 0 and r["res"] == 16 and r["batch"] == 4 and r["conv_dtype"] == "float32"
+    assert (r["channel_base"], r["channel_max"], r["map_layers"]) == (64, 16, 1)
+    assert r["r1_interval"] == 16 and r["pl_interval"] == 4 and len(r["img_per_s_rounds"]) == 2
+    if mode == "compare":
+        assert r["img_per_s_bf16"] > 0 and len(r["img_per_s_bf16_rounds"]) == 2
+        assert r["bf16_speedup"] == pytest.approx(r["img_per_s_bf16"] / r["img_per_s"], rel=0.01)
+        assert "bfloat16 convolutions" in err
+    else:
+        assert bench.main([*small, "--cpu-bf16", "on"]) == 2
+        assert "no native bfloat16" in capsys.readouterr().err

@@ -453,6 +453,43 @@ def test_conv2d_resample_matches_definition(k, up, down, groups, flip_weight):
     torch.testing.assert_close(wg.grad, wr.grad, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("up,down", [(1, 1), (2, 1), (1, 2)])
+def test_conv2d_resample_cpu_bf16_mode(up, down):
+    """cpu_conv_dtype(bfloat16): float32 in and out, values and gradients within bfloat16 rounding of
+    float32, bit-identical float32 results again after the context, and bad dtypes refused."""
+    from stylemix.ops.conv2d_resample import cpu_conv_dtype, get_cpu_conv_dtype, set_cpu_conv_dtype
+
+    torch.manual_seed(0)
+    x = torch.randn([2, 16, 8, 8])
+    w = torch.randn([8, 16, 3, 3]) / 12
+    f = setup_filter([1, 3, 3, 1])
+    kw = dict(up=up, down=down, padding=1)
+    ref = conv2d_resample(x, w, f, **kw)
+    xg, wg = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    g = torch.randn_like(ref)
+    with cpu_conv_dtype(torch.bfloat16):
+        assert get_cpu_conv_dtype() == torch.bfloat16
+        low = conv2d_resample(xg, wg, f, **kw)
+        (low * g).sum().backward()
+    assert get_cpu_conv_dtype() is None
+    assert low.dtype == torch.float32 and low.shape == ref.shape
+    assert not torch.equal(low, ref)  # it really ran in lower precision
+    rel = lambda a, b: float((a - b).detach().norm() / b.detach().norm())  # noqa: E731
+    assert rel(low, ref) < 1e-2
+    xr, wr = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    (conv2d_resample(xr, wr, f, **kw) * g).sum().backward()
+    assert xg.grad.dtype == wg.grad.dtype == torch.float32
+    assert rel(xg.grad, xr.grad) < 1e-2 and rel(wg.grad, wr.grad) < 1e-2
+    assert torch.equal(conv2d_resample(x, w, f, **kw), ref)
+    # float64 inputs are left alone.
+    with cpu_conv_dtype(torch.bfloat16):
+        assert torch.equal(conv2d_resample(x.double(), w.double(), f, **kw),
+                           conv2d_resample(x.double(), w.double(), f, **kw))
+    with pytest.raises(ValueError, match="bfloat16"):
+        set_cpu_conv_dtype(torch.float16)
+    assert get_cpu_conv_dtype() is None
+
+
 def test_second_order_gradients_for_regularizers():
     """R1 (D) and path-length (G) regularisation differentiate through a gradient."""
     D = tiny_D(res=16, epilogue_kwargs=dict(mbstd_group_size=2))

@@ -180,6 +180,30 @@ def test_r1_and_path_length_backpropagate_through_double_backward():
         assert all(torch.isfinite(g).all() for g in grads), phase
 
 
+def test_cpu_bf16_convolutions_give_the_float32_gradients():
+    """--cpu-bf16: one phase's gradients agree with float32 to bfloat16 precision (cosine > 0.999)."""
+    from stylemix.ops.conv2d_resample import cpu_conv_dtype
+
+    tr = make_trainer()
+    real = torch.from_numpy(MemImages(4).x).float() / 127.5 - 1
+    c = torch.zeros([4, 0])
+    z = torch.randn([4, tr.G.z_dim])
+    for phase, net in (("Dmain", tr.D), ("Dreg", tr.D), ("Gmain", tr.G)):
+        grads = []
+        for dtype in (None, torch.bfloat16):
+            net.requires_grad_(True)
+            for p in net.parameters():
+                p.grad = None
+            torch.manual_seed(1)
+            with cpu_conv_dtype(dtype):
+                tr.loss.accumulate_gradients(phase, real, c, z, c, gain=1)
+            grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
+            net.requires_grad_(False)
+        a, b = grads
+        assert not torch.equal(a, b), phase
+        assert float(torch.nn.functional.cosine_similarity(a, b, dim=0)) > 0.999, phase
+
+
 def test_style_mixing_regularisation():
     G = make_trainer().G
     loss = StyleGAN2Loss(G, None, style_mixing_prob=1.0)

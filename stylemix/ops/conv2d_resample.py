@@ -27,7 +27,53 @@ import torch.nn.functional as F
 
 from .upfirdn2d import upfirdn2d
 
-__all__ = ["conv2d_resample"]
+__all__ = ["conv2d_resample", "cpu_conv_dtype", "set_cpu_conv_dtype", "get_cpu_conv_dtype", "bf16_supported"]
+
+# Optional lower-precision convolutions on CPU (see set_cpu_conv_dtype). None = the input's dtype.
+_CPU_CONV_DTYPE: torch.dtype | None = None
+
+
+def bf16_supported() -> bool:
+    """True when this CPU has native bfloat16 dot products (oneDNN's check: AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def get_cpu_conv_dtype() -> torch.dtype | None:
+    return _CPU_CONV_DTYPE
+
+
+def set_cpu_conv_dtype(dtype: torch.dtype | None) -> torch.dtype | None:
+    """Run float32 convolutions on CPU in `dtype` (torch.bfloat16 or None = off); returns the old value.
+
+    Only the convolution itself changes precision: its float32 inputs are rounded to bfloat16, oneDNN
+    accumulates in float32, and the result is returned as float32, so every other op (bias_act,
+    upfirdn2d, demodulation, losses, optimiser) stays float32 - the CPU counterpart of mixed precision.
+    On a CPU with AVX512-BF16 this roughly halves the convolution time; elsewhere it is slower, so
+    callers should check `bf16_supported()` first. Process-wide (a plain module setting).
+    """
+    global _CPU_CONV_DTYPE
+    if dtype not in (None, torch.bfloat16, torch.float32):
+        raise ValueError(f"CPU convolution dtype must be torch.bfloat16, torch.float32 or None, got {dtype!r}")
+    old, _CPU_CONV_DTYPE = _CPU_CONV_DTYPE, (None if dtype == torch.float32 else dtype)
+    return old
+
+
+class cpu_conv_dtype:
+    """Context manager form of set_cpu_conv_dtype: `with cpu_conv_dtype(torch.bfloat16): ...`."""
+
+    def __init__(self, dtype: torch.dtype | None):
+        self.dtype = dtype
+
+    def __enter__(self):
+        self._old = set_cpu_conv_dtype(self.dtype)
+        return self
+
+    def __exit__(self, *exc):
+        set_cpu_conv_dtype(self._old)
+        return False
 
 
 def _padding4(padding) -> list[int]:
@@ -53,6 +99,10 @@ def _conv(x: torch.Tensor, w: torch.Tensor, *, stride: int = 1, padding=0, group
     """F.conv2d / F.conv_transpose2d; `flip_weight=False` turns the correlation into a convolution."""
     if not flip_weight:
         w = w.flip([2, 3])
+    low = _CPU_CONV_DTYPE
+    if low is not None and x.dtype == torch.float32 and x.device.type == "cpu":
+        return _conv(x.to(low), w.to(low), stride=stride, padding=padding, groups=groups,
+                     transpose=transpose).float()
     if transpose:
         return F.conv_transpose2d(x, w, stride=stride, padding=padding, groups=groups)
     return F.conv2d(x, w, stride=stride, padding=padding, groups=groups)

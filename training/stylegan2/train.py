@@ -39,8 +39,8 @@ DEFAULTS = dict(cfg="auto", snap=50, tick=4.0, seed=0, aug="ada", target=0.6, au
                 keep_states=3, device="auto", metrics="none", metrics_n=5000)
 METRICS = ("synthfaces", "none")
 # What `--resume RUN_DIR` lets you change when continuing a run (everything else comes from the run).
-RESUME_OVERRIDES = ("kimg", "snap", "tick", "workers", "keep_states", "device", "threads", "progress", "dry_run",
-                    "resume")
+RESUME_OVERRIDES = ("kimg", "snap", "tick", "workers", "keep_states", "device", "threads", "cpu_bf16", "progress",
+                    "dry_run", "resume")
 
 
 class UsageError(ValueError):
@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the last N training-state files, 0 = all (default: 3; G_ema snapshots are all kept)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: cuda when available")
     g.add_argument("--threads", type=int, help="CPU threads per process (default: torch's; use 1 on a shared machine)")
+    g.add_argument("--cpu-bf16", dest="cpu_bf16", action="store_true", default=None,
+                   help="on CPU, run the training steps' convolutions in bfloat16 (float32 accumulation and everything "
+                        "else float32); needs a CPU with AVX512-BF16 or AMX, where lite training is ~1.2x faster "
+                        "(benchmarks/bench_train.py --cpu-bf16 compare). May be switched on or off when resuming")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     g.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the resolved options and exit")
     d = p.add_argument_group("dataset")
@@ -349,7 +353,7 @@ def options_for_resumed_run(args, run_dir: Path, *, world_size: int) -> dict:
     conflicts = sorted(k for k in a if k not in RESUME_OVERRIDES)
     if conflicts:
         raise UsageError("--resume RUN_DIR continues that run with its own options; only --kimg, --snap, --tick, "
-                         "--workers, --keep-states, --device may change (got " +
+                         "--workers, --keep-states, --device, --threads, --cpu-bf16 may change (got " +
                          ", ".join("--" + k.replace("_", "-") for k in conflicts) + ")")
     if "kimg" in a:
         if not a["kimg"] > 0:
@@ -454,6 +458,10 @@ def _run(args) -> int:
         if args.threads < 1:
             raise UsageError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if args.cpu_bf16:
+        from stylemix.ops.conv2d_resample import bf16_supported
+        if not bf16_supported():
+            raise UsageError("--cpu-bf16: this CPU has no native bfloat16 support (AVX512-BF16 or AMX); leave it out")
     rank, world, device = _init_distributed(args.device or DEFAULTS["device"])
     try:
         if device.type == "cuda":
@@ -513,6 +521,8 @@ def _run(args) -> int:
                 return str(make_run_dir(args.outdir, options["desc"]))
             run_dir = Path(_from_rank0(create, rank, world))
         trainer.run_dir = run_dir
+        if args.cpu_bf16 and device.type == "cpu":
+            trainer.cpu_conv_dtype = torch.bfloat16
         if rank == 0:
             trainer.metrics_fn = make_metrics_fn(options.get("metrics"), run_dir,
                                                  log=lambda m: print(m, flush=True))

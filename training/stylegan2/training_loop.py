@@ -43,6 +43,7 @@ import torch.distributed as dist
 
 from stylemix.checkpoints import save_generator
 from stylemix.networks.stylegan2 import Discriminator, Generator
+from stylemix.ops.conv2d_resample import cpu_conv_dtype
 
 from . import snapshot as snap_io
 from .augment import AdaptiveP, AugmentPipe, all_reduce_sum
@@ -325,6 +326,9 @@ class Trainer:
         assert training_set.label_dim == o["G_kwargs"]["c_dim"], (training_set.label_dim, o["G_kwargs"]["c_dim"])
 
         self.cpu_allocator_tuned = tune_cpu_allocator() if self.device.type == "cpu" else False
+        # torch.bfloat16 = the training steps' CPU convolutions run in bfloat16 (train.py --cpu-bf16); the
+        # snapshots' sample grids and metrics stay float32. A runtime choice, not part of the run's options.
+        self.cpu_conv_dtype: torch.dtype | None = None
 
         # Networks: the same initial weights on every rank.
         seed = int(o["random_seed"])
@@ -690,7 +694,8 @@ class Trainer:
         last = {}
         try:
             while True:
-                self.train_step()
+                with cpu_conv_dtype(self.cpu_conv_dtype):
+                    self.train_step()
                 if pbar is not None:
                     pbar.update(self.batch_size)
                 done = self.cur_nimg >= total_nimg
@@ -712,6 +717,8 @@ class Trainer:
                               timestamp=time.time(), **stats)
                 if self.ada is not None and self.ada.rt is not None:
                     record["ada_rt"] = self.ada.rt
+                if self.cpu_conv_dtype is not None and self.device.type == "cpu":
+                    record["cpu_conv_dtype"] = str(self.cpu_conv_dtype).replace("torch.", "")
                 snapshot = bool(snap) and (done or tick_no % int(snap) == 0)
                 if snapshot:
                     record.update(self.save_snapshot(commit=False))
