@@ -81,7 +81,7 @@ def run_dir(tmp_path) -> Path:
     lines = [
         {"event": "start", "step": 0, "kimg": 0.0},
         {"tick": 0, "step": 1, "kimg": 0.004, "sec": 1.5, "sec_per_tick": 1.5},
-        {"tick": 1, "step": 2, "kimg": 0.008, "sec": 4.0, "sec_per_tick": 2.5},
+        {"tick": 1, "step": 2, "kimg": 0.008, "sec": 4.0, "sec_per_tick": 2.5, "cpu_conv_dtype": "bfloat16"},
         {"event": "resume", "step": 2, "kimg": 0.008},
         {"tick": 2, "step": 3, "kimg": 0.012, "sec": 7.0, "sec_per_tick": 3.0},
     ]
@@ -149,6 +149,7 @@ def test_ship_copies_snapshot_and_writes_record(run_dir, pretrained_dir, tmp_pat
     assert rec["interim"] is False and rec["kimg"] == 0.008 and rec["snapshot"] == snap.name
     assert rec["training_time_s"] == 4.0 and rec["ticks"] == 2 and rec["resumes"] == 1  # 1.5 + 2.5, not tick 2
     assert rec["resumed_by"] == f"python -m training.stylegan2.train --resume {run_dir}"
+    assert rec["kimg_by_conv_dtype"] == {"bfloat16": 0.004, "float32": 0.004}  # tick 1 ran with --cpu-bf16
     assert rec["quality"] == quality_report(snap)
     assert rec["train_data"]["render_options"] == {"res": 16}
     assert "metrics" in rec["train_data"]["render_options_source"]

@@ -435,8 +435,11 @@ def test_sigkill_then_resume_continues(tmp_path):
     state = snap_io.load_training_state(run_dir / latest["state"])
     p0 = state["ada"]["p"]
 
+    from stylemix.ops.conv2d_resample import bf16_supported
+
+    bf16 = ["--cpu-bf16"] if bf16_supported() else []  # a runtime option that --resume may switch on
     resumed = subprocess.run([sys.executable, "-m", "training.stylegan2.train", "--resume", str(run_dir),
-                              "--kimg", str((nimg0 + 16) / 1000), "--no-progress"],
+                              "--kimg", str((nimg0 + 16) / 1000), "--no-progress", *bf16],
                              cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"at step {step0}," in resumed.stdout and f"p {p0:.4f}" in resumed.stdout
@@ -447,6 +450,8 @@ def test_sigkill_then_resume_continues(tmp_path):
     assert events[1]["p"] == pytest.approx(p0)
     after = lines[lines.index(events[1]) + 1:]
     assert after and all(r["step"] > step0 for r in after) and after[-1]["step"] == step0 + 4
+    assert all(r.get("cpu_conv_dtype") == ("bfloat16" if bf16 else None) for r in after)
+    assert not any("cpu_conv_dtype" in r for r in lines[:lines.index(events[1])])
     ticks = [r["tick"] for r in lines if "event" not in r]
     assert ticks == list(range(len(ticks)))  # no tick logged twice, none missing
     final = json.loads((run_dir / "latest.json").read_text())

@@ -47,7 +47,7 @@ SNAPSHOT_RE = re.compile(r"^network-snapshot-(\d{6,})(?:\.(\d{3}))?\.(?:safetens
 # benchmarks/bench_mixing.py) survive a re-ship of the same weights only.
 RECORD_KEYS = ("name", "path", "sha256", "size", "resolution", "kind", "aligned_domain", "description", "licence",
                "source_page", "made_by", "interim", "kimg", "snapshot", "run", "training_time_s", "training_time_h",
-               "ticks", "resumes", "resumed_by", "hardware", "quality", "train_data", "date")
+               "ticks", "resumes", "resumed_by", "kimg_by_conv_dtype", "hardware", "quality", "train_data", "date")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -154,6 +154,8 @@ def training_time(run, cur_nimg: int) -> dict:
     past the snapshot they resume from, so each tick is counted once (a duplicate is counted once)."""
     stats = _jsonl(Path(run) / "stats.jsonl")
     ticks: dict[int, float] = {}
+    tick_nimg: dict[int, int] = {}
+    tick_dtype: dict[int, str] = {}
     cumulative = None
     resumes = 0
     for rec in stats:
@@ -165,13 +167,22 @@ def training_time(run, cur_nimg: int) -> dict:
         nimg = int(round(float(rec.get("kimg", 0)) * 1000))
         if nimg <= cur_nimg:
             ticks[int(rec["tick"])] = float(rec["sec_per_tick"])
+            tick_nimg[int(rec["tick"])] = nimg
+            tick_dtype[int(rec["tick"])] = rec.get("cpu_conv_dtype", "float32")
             if nimg == cur_nimg:
                 cumulative = rec.get("sec")
     if not ticks:
         raise ValueError(f"{run}: stats.jsonl has no tick records up to kimg {cur_nimg / 1000:g}")
     total = sum(ticks.values())
+    # Images trained per convolution precision (train.py --cpu-bf16 is a runtime choice, logged per tick).
+    by_dtype: dict[str, float] = {}
+    prev = 0
+    for tick in sorted(tick_nimg):
+        by_dtype[tick_dtype[tick]] = by_dtype.get(tick_dtype[tick], 0) + (tick_nimg[tick] - prev) / 1000
+        prev = tick_nimg[tick]
     return dict(seconds=round(total, 1), ticks=len(ticks), resumes=resumes,
-                cumulative_sec=None if cumulative is None else float(cumulative))
+                cumulative_sec=None if cumulative is None else float(cumulative),
+                kimg_by_conv_dtype={k: round(v, 3) for k, v in sorted(by_dtype.items())})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -484,6 +495,8 @@ def ship(run, *, quality_json, name: str, out, snapshot: str = "latest", manifes
         # with the values of the last resume
         "resumed_by": (f"python -m training.stylegan2.train --resume {o.get('run_dir') or run}"
                        if t["resumes"] else None),
+        # kimg trained with float32 / bfloat16 CPU convolutions (--cpu-bf16, chosen at each resume)
+        "kimg_by_conv_dtype": t["kimg_by_conv_dtype"],
         "hardware": hardware(),
         "quality": quality,
         "train_data": train_data,
