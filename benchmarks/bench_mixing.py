@@ -40,12 +40,18 @@ reported best rate is not inflated by the selection): the pairs are split into a
 W-editing (when the model has attribute directions): the beard latent moved along the 'shaved'
 direction at each `--strengths` (and the shaved latent along 'has_beard'), same measures.
 
+Mix + edit (the app's sidebar allows both at once): the best layer set's mix, then moved along
+'has_beard' and 'shaved' by the same strength s, for each `--strengths`. `best_recipe` is
+{"layers": best_layers, "edit_strength": s} with s chosen on the selection half (0 = the mix alone,
+kept unless an edit strictly beats it), `best_recipe_both_rate` its rate on the evaluation half.
+
 Recording the result for the app ('mix: best') is a MANIFEST edit (the `best_layers` key of the
 generator's record); this script only prints it.
 
 Prints progress lines on stderr, a table on stdout, then one JSON object as the last line:
 {"both_rate": {"coarse": ..., "middle": ..., "fine": ...}, "best_layers": [...],
- "best_both_rate": ..., "single_layer_both_rate": {...}, "identity": {...}, "edit": {...}, ...}
+ "best_both_rate": ..., "single_layer_both_rate": {...}, "identity": {...}, "edit": {...},
+ "best_recipe": {...}, "best_recipe_both_rate": ..., ...}
 
     python benchmarks/bench_mixing.py [--pairs 200] [--model synthfaces64] [--quality balanced]
         [--identity different|shared] [--search greedy|exhaustive] [--threads 2]
@@ -122,12 +128,27 @@ class Evaluator:
         return self._compute(("mix", rows), lambda i: api.mix(self.model, self.ws_beard[i], self.ws_shaved[i],
                                                               list(rows)), idx)
 
+    def _method(self, attr: str) -> str:
+        return "interfacegan" if (attr, "interfacegan") in self.model._directions else \
+            sorted(m for a, m in self.model._directions if a == attr)[0]
+
     def edit(self, base: str, attr: str, strength: float, idx):
         src = self.ws_beard if base == "beard" else self.ws_shaved
-        method = "interfacegan" if (attr, "interfacegan") in self.model._directions else \
-            sorted(m for a, m in self.model._directions if a == attr)[0]
         return self._compute(("edit", base, attr, strength),
-                             lambda i: api.edit(self.model, src[i], {attr: strength}, method=method), idx)
+                             lambda i: api.edit(self.model, src[i], {attr: strength}, method=self._method(attr)),
+                             idx)
+
+    def mix_edit(self, rows, strength: float, idx):
+        """The mix of `rows`, then both attributes pushed by `strength` (has_beard, then shaved)."""
+        rows = tuple(sorted(rows))
+        attrs = [a for a in ("has_beard", "shaved") if a in self.model.directions]
+
+        def make(i):
+            ws = api.mix(self.model, self.ws_beard[i], self.ws_shaved[i], list(rows))
+            for a in attrs:
+                ws = api.edit(self.model, ws, {a: strength}, method=self._method(a))
+            return ws
+        return self._compute(("mix_edit", rows, strength), make, idx)
 
 
 def summary(arr: np.ndarray) -> dict:
@@ -272,6 +293,23 @@ def main(argv=None) -> int:
                 edits[f"{base}+{attr}@{s:g}"] = summary(ev.edit(base, attr, s, everyone))
         log(f"edits: { {k: v['both_rate'] for k, v in edits.items()} }")
 
+    # The best mix, then both directions: the strength is chosen on the selection half (0 = the mix
+    # alone; ties: the smaller strength) and reported on the evaluation half.
+    recipe = {"layers": best_rows, "edit_strength": 0.0}
+    recipe_sel, recipe_eval = best_sel, best_eval
+    mix_edits = None
+    if model._directions and {"has_beard", "shaved"} & set(model.directions):
+        mix_edits = {}
+        for s in strengths:
+            rate_sel = both(ev.mix_edit(best_rows, s, sel))
+            mix_edits[f"best+edit@{s:g}"] = summary(ev.mix_edit(best_rows, s, everyone))
+            if rate_sel > recipe_sel:
+                recipe_sel, recipe = rate_sel, {"layers": best_rows, "edit_strength": s}
+        if recipe["edit_strength"]:
+            recipe_eval = summary(ev.mix_edit(best_rows, recipe["edit_strength"], evl))
+        log(f"mix + edit: { {k: v['both_rate'] for k, v in mix_edits.items()} }; best recipe {recipe}: "
+            f"{recipe_sel:.3f} (selection half), {recipe_eval.get('both_rate', 0):.3f} (evaluation half)")
+
     result = {
         "both_rate": {g: s["both_rate"] for g, s in groups.items()},
         "best_layers": best_rows,
@@ -285,6 +323,11 @@ def main(argv=None) -> int:
                               "to_shaved": best_eval.get("identity_to_shaved")},
                      "metric": "L2 of classifier.identity embeddings (standardised identity parameters)"},
         "edit": edits,
+        "mix_edit": mix_edits,
+        "mix_edit_both_rate": None if mix_edits is None else {k: v["both_rate"] for k, v in mix_edits.items()},
+        "best_recipe": recipe,
+        "best_recipe_both_rate": recipe_eval.get("both_rate"),
+        "best_recipe_both_rate_selection": round(recipe_sel, 4),
         "edit_both_rate": None if edits is None else {k: v["both_rate"] for k, v in edits.items()},
         "reconstruction": recon,
         "model": model.name, "pairs": args.pairs, "identity_mode": args.identity, "quality": args.quality,
@@ -310,6 +353,10 @@ def main(argv=None) -> int:
     row(f"best {best_rows} (eval)", best_eval)
     for k, s in (edits or {}).items():
         row(k, s)
+    for k, s in (mix_edits or {}).items():
+        row(k, s)
+    if recipe["edit_strength"]:
+        row("best recipe (eval)", recipe_eval)
     print(f"reconstructions: {recon}")
     print(json.dumps(result))
     return 0

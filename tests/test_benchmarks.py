@@ -91,6 +91,10 @@ def test_bench_mixing_smoke(tiny_model, capsys):
     assert isinstance(res["best_layers"], list) and all(0 <= r < 8 for r in res["best_layers"])
     assert 0 <= res["best_both_rate"] <= 1 and res["selection_pairs"] == res["evaluation_pairs"] == 1
     assert set(res["edit_both_rate"]) == {"beard+shaved@2", "shaved+has_beard@2"}
+    assert set(res["mix_edit_both_rate"]) == {"best+edit@2"} and 0 <= res["mix_edit_both_rate"]["best+edit@2"] <= 1
+    assert res["best_recipe"]["layers"] == res["best_layers"] and res["best_recipe"]["edit_strength"] in (0.0, 2.0)
+    assert 0 <= res["best_recipe_both_rate"] <= 1
+    assert res["best_recipe_both_rate_selection"] >= res["best_both_rate_selection"]
     assert res["identity"]["coarse"]["to_beard"] >= 0 and res["identity_mode"] == "different"
     assert "inverted 2/2 pairs" in captured.err
 
