@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from .fileio import atomic_write_bytes
-from .mixing import _resolve_layers
+from .mixing import layer_rows
 
 __all__ = ["Direction", "DirectionSet", "METHODS", "DEFAULT_ATTRIBUTES", "FORMAT", "DIRECTIONS_SUFFIX",
            "compute_directions", "directions_from_labels", "measure_effects", "edit",
@@ -198,7 +198,7 @@ def edit(ws, direction, strength, *, layers=None):
     if layers is None:
         rows = list(range(num_ws))
     else:
-        rows = sorted({r for _, group_rows in _resolve_layers(layers, num_ws) for r in group_rows})
+        rows = layer_rows(layers, num_ws)
     delta = np.zeros((num_ws, w_dim), dtype=np.float64)
     delta[rows] = (strength * scale) * vec.astype(np.float64)
     if is_torch:

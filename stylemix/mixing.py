@@ -31,6 +31,7 @@ __all__ = [
     "GROUP_NAMES",
     "layer_groups",
     "layer_label",
+    "layer_rows",
     "layer_resolutions",
     "layer_strip",
     "mix",
@@ -143,6 +144,11 @@ def layer_label(i: int, G) -> str:
 
 # ----------------------------------------------------------------------------------------------
 # Mixing
+
+
+def layer_rows(layers, num_ws: int) -> list[int]:
+    """The sorted, distinct ws rows named by `layers` (ints and/or group names, as `mix` takes them)."""
+    return sorted({r for _, rows in _resolve_layers(layers, num_ws) for r in rows})
 
 
 def _resolve_layers(layers, num_ws: int) -> list[tuple[object, list[int]]]:

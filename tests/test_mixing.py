@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from stylemix.mixing import (layer_groups, layer_label, layer_resolutions, layer_strip, mix,
+from stylemix.mixing import (layer_groups, layer_label, layer_resolutions, layer_rows, layer_strip, mix,
                              style_mix_grid, to_uint8)
 
 NUM_WS, W_DIM = 8, 4
@@ -170,6 +170,17 @@ def test_layer_resolutions_match_generator(G):
     assert layer_label(G.num_ws - 1, G) == f"layer {G.num_ws - 1} · {G.img_resolution} px"
     with pytest.raises(ValueError, match="8"):
         layer_label(8, G)
+
+
+def test_layer_rows():
+    g = layer_groups(10)
+    assert layer_rows(["coarse", 1, 0], 10) == g["coarse"]
+    assert layer_rows([5, "coarse", 2], 10) == sorted(set(g["coarse"]) | {5})
+    assert layer_rows([9, "fine", 0], 10) == sorted({0, 9} | set(g["fine"])) and layer_rows(5, 10) == [5] and layer_rows([], 10) == []
+    with pytest.raises(ValueError, match="out of range"):
+        layer_rows([10], 10)
+    with pytest.raises(ValueError, match="unknown layer group"):
+        layer_rows(["hair"], 10)
 
 
 def test_layer_layout_errors():
