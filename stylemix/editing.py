@@ -131,6 +131,10 @@ class DirectionSet(dict):
         self.meta = dict(meta or {})
         self.path = path
 
+    def copy(self) -> "DirectionSet":
+        """A shallow copy that keeps `.meta` and `.path` (dict.copy would return a plain dict)."""
+        return DirectionSet(self, meta=self.meta, path=self.path)
+
     @property
     def attributes(self) -> list[str]:
         """The attribute names, in first-seen order."""

@@ -278,6 +278,11 @@ def test_save_load_roundtrip(tmp_path):
     # meta=None takes the set's own .meta
     back2 = load_directions(save_directions(tmp_path / "e.safetensors", dirs, meta=None))
     assert back2.meta == dirs.meta
+    c = back.copy()
+    assert isinstance(c, DirectionSet) and c == back and c is not back
+    assert c.meta == back.meta and c.path == back.path and c.attributes == back.attributes
+    c.pop(("smile", "mean_diff"))
+    assert ("smile", "mean_diff") in back
 
 
 def test_load_rejects_bad_files(tmp_path):
