@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, help="CPU threads per process (default: torch's; use 1 on a shared machine)")
     g.add_argument("--cpu-bf16", dest="cpu_bf16", action="store_true", default=None,
                    help="on CPU, run the training steps' convolutions in bfloat16 (float32 accumulation and everything "
-                        "else float32); needs a CPU with AVX512-BF16 or AMX, where lite training is ~1.2x faster "
+                        "else float32); needs a CPU with AVX512-BF16 or AMX, where lite training is ~1.3x faster "
                         "(benchmarks/bench_train.py --cpu-bf16 compare). May be switched on or off when resuming")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     g.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the resolved options and exit")
