@@ -1,6 +1,7 @@
 """The inversion encoder: network, file format, lookup, and its training CLI (training.encoder)."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -221,6 +222,28 @@ def test_default_out_is_the_cache(G_file, tmp_path, monkeypatch):
             "--heldout", "4", "--image-weight", "0", *SMALL_ARGS]
     assert te.main(argv) == 0
     assert (tmp_path / "cache" / "encoders" / "tiny32-encoder.safetensors").is_file()
+
+
+def test_cli_manifest_registers_the_encoder(G_file, tmp_path, monkeypatch, capsys):
+    from stylemix import pretrained
+    from training import encoder as te
+
+    fake = tmp_path / "pretrained"
+    fake.mkdir()
+    monkeypatch.setattr(pretrained, "PRETRAINED_DIR", fake)
+    argv = ["--model", str(G_file), "--steps", "2", "--threads", "1", "--quiet", "--batch", "4", "--heldout", "4",
+            "--image-weight", "0", "--half", "--manifest", "tiny32-encoder", *SMALL_ARGS]
+    # --out outside pretrained/ is refused before any work
+    assert te.main(argv + ["--out", str(tmp_path / "elsewhere.safetensors")]) == 1
+    assert "inside" in capsys.readouterr().err and not (tmp_path / "elsewhere.safetensors").exists()
+    out = fake / "tiny32_encoder.safetensors"
+    assert te.main(argv + ["--out", str(out)]) == 0, capsys.readouterr().err
+    assert "registered 'tiny32-encoder'" in capsys.readouterr().out
+    rec = json.loads((fake / "MANIFEST.json").read_text())["models"][0]
+    assert rec["name"] == "tiny32-encoder" and rec["kind"] == "encoder" and rec["model"] == "tiny32"
+    assert rec["path"] == "tiny32_encoder.safetensors" and rec["size"] == out.stat().st_size
+    assert rec["sha256"] == pretrained.sha256_file(out) and rec["steps"] == 2 and rec["resolution"] == 32
+    assert rec["heldout"]["n"] == 4 and "float16" in rec["description"] and "--manifest" in rec["made_by"]
 
 
 @pytest.fixture(scope="module")

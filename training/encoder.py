@@ -51,8 +51,6 @@ import argparse
 import datetime
 import json
 import math
-import os
-import platform
 import shlex
 import sys
 import time
@@ -67,6 +65,7 @@ from stylemix.fileio import atomic_open
 from stylemix.inversion import _w_stats_full, default_encoder_path, psnr, save_encoder
 from stylemix.mixing import to_uint8
 from stylemix.networks.encoder import Encoder
+from training.machine import hardware
 
 __all__ = ["sample_batch", "heldout_measure", "train", "compare_modes", "main", "STATE_SUFFIX",
            "HELDOUT_SEED_OFFSET", "COMPARE_SEED_OFFSET"]
@@ -260,6 +259,7 @@ def train(args, *, stop_after: int | None = None) -> dict:
         torch.set_num_threads(args.threads)
     G = load_generator(args.model).eval().requires_grad_(False)
     out = Path(args.out).expanduser() if args.out else default_encoder_path(G.model_name)
+    manifest_rel = _manifest_target(args, out)
     out.parent.mkdir(parents=True, exist_ok=True)
     state_path = out.with_name(out.name + STATE_SUFFIX)
     opts = {k: getattr(args, k) for k in RUN_OPTIONS}
@@ -370,7 +370,7 @@ def train(args, *, stop_after: int | None = None) -> dict:
                     train_seconds=round(train_seconds, 1), cpu_seconds_last_run=round(cpu_seconds, 1), samples=int(args.steps) * int(args.batch),
                     final_ws_loss_ema=None if ema is None else round(ema, 5), log=log[-50:],
                     command="python -m training.encoder " + " ".join(shlex.quote(a) for a in getattr(args, "argv", [])),
-                    hardware=f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
+                    hardware=hardware(torch.get_num_threads()),
                     date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     save_encoder(enc, out, model_name=G.model_name, generator=generator, training=training, heldout=measure,
                  half=args.half)
@@ -381,7 +381,53 @@ def train(args, *, stop_after: int | None = None) -> dict:
           f"(w_avg {measure['distance_w_avg']:.4f})")
     print(f"wrote {out} ({args.steps} steps, {train_seconds / 60:.1f} min training, "
           f"{cpu_seconds / 60:.1f} min CPU in this run, {torch.get_num_threads()} threads)")
+    if manifest_rel is not None:
+        _register(args, out, manifest_rel, G, measure, training)
     return {"out": str(out), "heldout": measure, "seconds": train_seconds, "steps": int(args.steps)}
+
+
+def _manifest_target(args, out: Path) -> str | None:
+    """--manifest NAME: the encoder's path relative to pretrained/ (it must be written there)."""
+    if not getattr(args, "manifest", None):
+        return None
+    from stylemix import pretrained
+
+    try:
+        return out.resolve().relative_to(pretrained.PRETRAINED_DIR.resolve()).as_posix()
+    except ValueError:
+        raise UsageError(f"--manifest needs --out inside {pretrained.PRETRAINED_DIR}, got {str(out)!r}") from None
+
+
+def _register(args, out: Path, rel: str, G, measure: dict, training: dict) -> None:
+    """Add/replace the encoder's record (kind 'encoder') in pretrained/MANIFEST.json."""
+    from stylemix import pretrained
+    from stylemix.pretrained import sha256_file
+    from training.evaluation.classifier import update_manifest
+
+    manifest = pretrained.PRETRAINED_DIR / pretrained.MANIFEST_NAME
+    entry = {
+        "name": args.manifest,
+        "path": rel,
+        "sha256": sha256_file(out),
+        "size": out.stat().st_size,
+        "resolution": int(G.img_resolution),
+        "kind": "encoder",
+        "licence": "same as the StyleMix repository; computed from the generator's own samples",
+        "description": f"inversion encoder for {G.model_name} (image {G.img_resolution}x{G.img_resolution} -> W+ "
+                       f"offsets from w_avg{'; weights stored float16' if args.half else ''}), trained on the "
+                       f"generator's own samples",
+        "source_page": "training/encoder.py",
+        "made_by": training["command"],
+        "model": G.model_name,
+        "steps": int(args.steps),
+        "training_time_min": round(training["train_seconds"] / 60, 1),
+        "heldout": {"n": measure["n"], "ws_mse_ratio_vs_w_avg": round(measure["ws_mse_ratio"], 3),
+                    "psnr_db": round(measure["psnr"], 2), "psnr_w_avg_db": round(measure["psnr_w_avg"], 2)},
+        "hardware": training["hardware"],
+        "date": training["date"],
+    }
+    update_manifest(manifest, entry)
+    print(f"registered {args.manifest!r} in {manifest}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -416,6 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--heldout", type=int, default=200, help="fresh samples of the held-out measure (default 200)")
     ap.add_argument("--half", action="store_true",
                     help="store the weights as float16 (half the file size; they run in float32)")
+    ap.add_argument("--manifest", default=None, metavar="NAME",
+                    help="also add/replace NAME (kind 'encoder') in pretrained/MANIFEST.json; --out must be in "
+                         "pretrained/")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--compare-modes", type=int, default=0, metavar="N",
                     help="do not train: compare invert's modes with the projector on N fresh samples, using the "
