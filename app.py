@@ -51,13 +51,16 @@ def load_examples() -> list:
 # Session-state callbacks
 
 
-def _apply_preset(groups: dict, num_ws: int) -> None:
+def _apply_preset(groups: dict, num_ws: int, best_edits: dict | None = None) -> None:
     preset = st.session_state["preset"]
     if preset == "custom":
         return
     rows = ui.preset_layers(preset, groups, num_ws)
     for i in range(num_ws):
         st.session_state[f"layer_{i}"] = i in rows
+    if preset == "best":  # the measured recipe may add edits on top of the rows (MANIFEST best_edit_strength)
+        for attr, strength in (best_edits or {}).items():
+            st.session_state[f"edit_{attr}"] = float(strength)
 
 
 def _layer_toggled(groups: dict, num_ws: int) -> None:
@@ -144,8 +147,10 @@ def settings_sidebar(model) -> dict:
                            help="The face whose unchecked layers are kept.")
     other = ui.SLOT_TITLES[[s for s in ui.SLOTS if s != out["base"]][0]]
     groups = {k: list(v) for k, v in model.layer_groups.items()}
+    best_edits = {}
     if getattr(model, "best_layers", None):  # rows a benchmark found best for this model (MANIFEST)
         groups["best"] = list(model.best_layers)
+        best_edits = {a: s for a, s in api.best_edits(model).items() if a in ui.MAIN_EDITS}
     n = model.num_ws
     presets = ui.presets_for(groups)
     layout = (n, tuple((k, tuple(v)) for k, v in groups.items()))
@@ -154,7 +159,7 @@ def settings_sidebar(model) -> dict:
         st.session_state["preset"] = "coarse" if "coarse" in presets else presets[0]
         _apply_preset(groups, n)
     out["preset"] = sb.radio("Layers from the other face", presets, key="preset", horizontal=True,
-                             on_change=_apply_preset, args=(groups, n),
+                             on_change=_apply_preset, args=(groups, n, best_edits),
                              help="coarse 4-8 px (pose, head shape), middle 16-32 px (features, hair), "
                                   "fine 64 px and up (colour, texture)")
     sb.caption(f"Checked layers come from the {other}; the rest from the {ui.SLOT_TITLES[out['base']]}.")
@@ -170,7 +175,8 @@ def settings_sidebar(model) -> dict:
     if not directions:
         sb.caption(f"No edit directions for this model: `python -m training.directions --model {model.name}`")
     for attr in [a for a in ui.MAIN_EDITS if a in directions]:
-        edits[attr] = sb.slider(ui.MAIN_EDITS[attr], -3.0, 3.0, 0.0, 0.25, key=f"edit_{attr}",
+        st.session_state.setdefault(f"edit_{attr}", 0.0)  # (the 'best' preset may set it)
+        edits[attr] = sb.slider(ui.MAIN_EDITS[attr], -3.0, 3.0, step=0.25, key=f"edit_{attr}",
                                 help="Moves the result along this attribute's direction in W "
                                      "(in standard deviations); works with or without mixing.")
     rest = [a for a in directions if a not in ui.MAIN_EDITS]

@@ -22,7 +22,7 @@ Rules this module keeps:
   pixels wherever it is used (inversion result, mix, edit, method comparison).
 
 A model's companions are found by name (see the spec in DESIGN.md): its MANIFEST record
-(`pretrained/MANIFEST.json`: extra keys `aligned_domain`, `best_layers`), its encoder
+(`pretrained/MANIFEST.json`: extra keys `aligned_domain`, `best_layers`, `best_edit_strength`), its encoder
 (`inversion.find_encoder`), its attribute directions (`editing.find_directions`) and the
 attribute classifier (`<model>-classifier` when registered, else the bundled `synthfaces64` one,
 which resizes other resolutions; `score` says so).
@@ -50,7 +50,7 @@ __all__ = [
     "ApiError", "Model", "Aligned", "Latent", "Example", "Method", "Scores",
     "list_models", "load_model", "align", "invert", "inversion_busy", "mix", "edit", "render",
     "layer_strip", "score", "png_bytes", "npz_bytes", "load_npz", "read_npz", "examples",
-    "methods", "run_method", "register_method", "comparison_results",
+    "methods", "run_method", "register_method", "comparison_results", "best_edits",
     "QUALITIES", "SCORE_ATTRIBUTES", "DEFAULT_CLASSIFIER", "EDIT_STRENGTH",
 ]
 
@@ -93,6 +93,7 @@ class Model:
     description: str
     path: str = ""                     # the checkpoint file
     best_layers: list | None = None    # rows for 'mix: best', from the MANIFEST record
+    best_edit_strength: float = 0.0    # 'mix: best' then has_beard and shaved edits of this strength (MANIFEST)
     encoder: str | None = None         # the encoder's name or path
     direction_methods: list = dataclasses.field(default_factory=list)  # e.g. ['interfacegan', 'mean_diff']
     notes: list = dataclasses.field(default_factory=list)  # companions that were found but unusable
@@ -245,6 +246,12 @@ def load_model(name_or_path) -> Model:
             best = None
         else:
             best = sorted(set(best))
+    best_s = record.get("best_edit_strength", 0.0)
+    if isinstance(best_s, bool) or not isinstance(best_s, numbers.Real) or not (0 <= best_s <= 100) or \
+            not math.isfinite(best_s) or (best_s and best is None):
+        notes.append(f"MANIFEST best_edit_strength {best_s!r} is not a strength in [0, 100] beside best_layers; "
+                     f"ignored")
+        best_s = 0.0
 
     from . import editing, inversion
 
@@ -270,7 +277,7 @@ def load_model(name_or_path) -> Model:
         layer_labels=[layer_label(i, G) for i in range(G.num_ws)],
         layer_groups={k: [int(i) for i in v] for k, v in layer_groups(G).items()},
         has_encoder=encoder is not None, directions=attrs, aligned_domain=domain,
-        description=description, path=path, best_layers=best, encoder=enc_name,
+        description=description, path=path, best_layers=best, best_edit_strength=float(best_s), encoder=enc_name,
         direction_methods=dmethods, notes=notes, record=_jsonable(record),
         _G=G, _encoder=encoder, _directions=directions)
 
@@ -873,12 +880,27 @@ for _g, _res in (("coarse", "4-8 px"), ("middle", "16-32 px"), ("fine", "64 px a
     register_method(f"mix: {_g}", f"the beard latent with the shaved latent's {_g} rows ({_res})", _fn, applies=_ok)
 
 
+def best_edits(model: Model) -> dict:
+    """The edits of the 'mix: best' recipe: {'has_beard': s, 'shaved': s} for the model's
+    best_edit_strength s (MANIFEST; benchmarks/bench_mixing.py's best_recipe), {} when none."""
+    s = float(getattr(model, "best_edit_strength", 0.0) or 0.0)
+    if not s or not getattr(model, "_directions", None):
+        return {}
+    return {a: s for a in ("has_beard", "shaved") if a in model.directions}
+
+
 def _best_fn(model, ws_beard, ws_shaved):
-    return mix(model, ws_beard, ws_shaved, model.best_layers)
+    ws = mix(model, ws_beard, ws_shaved, model.best_layers)
+    for attr, s in best_edits(model).items():  # one at a time, in this order, as the benchmark measured it
+        method = "interfacegan" if (attr, "interfacegan") in model._directions else \
+            sorted(m for a, m in model._directions if a == attr)[0]
+        ws = edit(model, ws, {attr: s}, method=method)
+    return ws
 
 
 register_method("mix: best", "the beard latent with the shaved latent's rows that benchmarks/bench_mixing.py "
-                "found best for this model (MANIFEST best_layers)", _best_fn,
+                "found best for this model (MANIFEST best_layers), then its best_edit_strength along "
+                "has_beard and shaved when the record has one", _best_fn,
                 applies=lambda m: None if m.best_layers else "its MANIFEST record has no best_layers "
                 "(run benchmarks/bench_mixing.py and record them)")
 

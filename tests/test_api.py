@@ -157,7 +157,8 @@ def test_load_model_reads_the_manifest_record(ckpt, cache, monkeypatch, tmp_path
     (folder / "tinygen.safetensors").write_bytes(ckpt.read_bytes())
     record = {"name": "tinygen", "path": "tinygen.safetensors", "kind": "generator", "resolution": 32,
               "sha256": pretrained.sha256_file(ckpt), "size": ckpt.stat().st_size,
-              "description": "a tiny bundled generator", "aligned_domain": "synthfaces", "best_layers": [2, 0]}
+              "description": "a tiny bundled generator", "aligned_domain": "synthfaces", "best_layers": [2, 0],
+              "best_edit_strength": 2}
     (folder / "MANIFEST.json").write_text(json.dumps({"models": [record]}))
     monkeypatch.setattr(pretrained, "PRETRAINED_DIR", folder)
     try:
@@ -165,12 +166,18 @@ def test_load_model_reads_the_manifest_record(ckpt, cache, monkeypatch, tmp_path
         assert listed["tinygen"]["available"] is True and listed["tinygen"]["bundled"] is True
         m = api.load_model("tinygen")
         assert m.name == "tinygen" and m.description == "a tiny bundled generator"
-        assert m.aligned_domain == "synthfaces" and m.best_layers == [0, 2]
+        assert m.aligned_domain == "synthfaces" and m.best_layers == [0, 2] and m.best_edit_strength == 2.0
         assert m.record["best_layers"] == [2, 0]
         assert "mix: best" in [x.name for x in api.methods(m)]
         # synthfaces domain: a square image passes through without face detection
         a = api.align(m, Image.new("RGB", (80, 80), (120, 90, 60)))
         assert a.method == "passthrough" and a.image.size == (32, 32)
+        # a bad best_edit_strength (or one without best_layers) is ignored with a note
+        for bad in ({"best_edit_strength": -1}, {"best_edit_strength": "2"},
+                    {"best_layers": None, "best_edit_strength": 1.5}):
+            (folder / "MANIFEST.json").write_text(json.dumps({"models": [{**record, **bad}]}))
+            m = api.load_model("tinygen")
+            assert m.best_edit_strength == 0.0 and any("best_edit_strength" in n for n in m.notes), bad
     finally:
         monkeypatch.undo()
         pretrained.list_models()  # re-sync the registry with the real MANIFEST
@@ -551,6 +558,14 @@ def test_methods_with_directions_and_best_layers(full_model):
     assert np.array_equal(np.asarray(shave), np.asarray(api.render(m, ref)))
     grow = api.run_method(m, "edit: shaved + beard", a, b)
     assert np.array_equal(np.asarray(grow), np.asarray(api.render(m, api.edit(m, b, {"has_beard": api.EDIT_STRENGTH}))))
+    # the recipe with an edit strength: the mix, then has_beard and shaved moved by it
+    assert api.best_edits(m) == {}
+    m2 = dataclasses.replace(m, best_edit_strength=1.5)
+    assert api.best_edits(m2) == {"has_beard": 1.5, "shaved": 1.5}
+    recipe = api.edit(m2, api.edit(m2, mixing.mix(a, b, [0, 3]), {"has_beard": 1.5}), {"shaved": 1.5})
+    out = api.run_method(m2, "mix: best", a, b)
+    assert np.array_equal(np.asarray(out), np.asarray(api.render(m2, recipe)))
+    assert not np.array_equal(np.asarray(out), np.asarray(best))
 
 
 def test_register_method(model):

@@ -364,6 +364,43 @@ def test_model_errors_keep_the_app_usable(app_env, monkeypatch, tmp_path):
     assert _errors(at) == [] and len(at.file_uploader) == 2
 
 
+def test_best_preset_applies_the_measured_recipe(app_env, monkeypatch, tmp_path):
+    """A registered model whose MANIFEST record has best_layers and best_edit_strength: the 'best'
+    preset checks those layers and sets the beard and shave sliders to the strength."""
+    import json
+    import shutil
+
+    from stylemix import pretrained
+
+    folder = tmp_path / "pretrained"
+    folder.mkdir()
+    shutil.copy(app_env["full"], folder / "tinybest.safetensors")
+    path = folder / "tinybest.safetensors"
+    record = {"name": "tinybest", "path": path.name, "kind": "generator", "resolution": 32,
+              "sha256": pretrained.sha256_file(path), "size": path.stat().st_size, "description": "tiny",
+              "best_layers": [0, 3], "best_edit_strength": 1.5}
+    (folder / "MANIFEST.json").write_text(json.dumps({"models": [record]}))
+    cache = pretrained.cache_dir()
+    for kind, suffix in (("encoders", "encoder"), ("directions", "directions")):
+        shutil.copy(cache / kind / f"tinyfull-{suffix}.safetensors", cache / kind / f"tinybest-{suffix}.safetensors")
+    monkeypatch.setattr(pretrained, "PRETRAINED_DIR", folder)
+    monkeypatch.setenv(ui.MODEL_ENV, "tinybest")
+    try:
+        at = new_app()
+        assert "best" in at.radio(key="preset").options
+        assert at.slider(key="edit_has_beard").value == 0.0
+        at.radio(key="preset").set_value("best").run()
+        _ok(at)
+        assert [i for i in range(8) if at.checkbox(key=f"layer_{i}").value] == [0, 3]
+        assert at.slider(key="edit_has_beard").value == 1.5 and at.slider(key="edit_shaved").value == 1.5
+        at.radio(key="preset").set_value("middle").run()  # other presets leave the sliders alone
+        _ok(at)
+        assert at.slider(key="edit_shaved").value == 1.5
+    finally:
+        for kind, suffix in (("encoders", "encoder"), ("directions", "directions")):
+            (cache / kind / f"tinybest-{suffix}.safetensors").unlink(missing_ok=True)
+
+
 def test_default_model_is_bundled_synthfaces64(app_env, monkeypatch):
     """Without STYLEMIX_APP_MODEL the app opens synthfaces64; until it is installed it says so."""
     monkeypatch.delenv(ui.MODEL_ENV)
