@@ -150,7 +150,7 @@ def settings_sidebar(model) -> dict:
     best_edits = {}
     if getattr(model, "best_layers", None):  # rows a benchmark found best for this model (MANIFEST)
         groups["best"] = list(model.best_layers)
-        best_edits = {a: s for a, s in api.best_edits(model).items() if a in ui.MAIN_EDITS}
+        best_edits = api.best_edits(model)  # has_beard / shaved: the sliders ui.MAIN_EDITS shows
     n = model.num_ws
     presets = ui.presets_for(groups)
     layout = (n, tuple((k, tuple(v)) for k, v in groups.items()))

@@ -128,27 +128,18 @@ class Evaluator:
         return self._compute(("mix", rows), lambda i: api.mix(self.model, self.ws_beard[i], self.ws_shaved[i],
                                                               list(rows)), idx)
 
-    def _method(self, attr: str) -> str:
-        return "interfacegan" if (attr, "interfacegan") in self.model._directions else \
-            sorted(m for a, m in self.model._directions if a == attr)[0]
-
     def edit(self, base: str, attr: str, strength: float, idx):
         src = self.ws_beard if base == "beard" else self.ws_shaved
         return self._compute(("edit", base, attr, strength),
-                             lambda i: api.edit(self.model, src[i], {attr: strength}, method=self._method(attr)),
-                             idx)
+                             lambda i: api.edit(self.model, src[i], {attr: strength},
+                                                method=api._direction_method(self.model, attr)), idx)
 
     def mix_edit(self, rows, strength: float, idx):
-        """The mix of `rows`, then both attributes pushed by `strength` (has_beard, then shaved)."""
+        """The mix of `rows`, then both attributes pushed by `strength` (api.mix_recipe)."""
         rows = tuple(sorted(rows))
-        attrs = [a for a in ("has_beard", "shaved") if a in self.model.directions]
-
-        def make(i):
-            ws = api.mix(self.model, self.ws_beard[i], self.ws_shaved[i], list(rows))
-            for a in attrs:
-                ws = api.edit(self.model, ws, {a: strength}, method=self._method(a))
-            return ws
-        return self._compute(("mix_edit", rows, strength), make, idx)
+        return self._compute(("mix_edit", rows, strength),
+                             lambda i: api.mix_recipe(self.model, self.ws_beard[i], self.ws_shaved[i], list(rows),
+                                                      strength), idx)
 
 
 def summary(arr: np.ndarray) -> dict:

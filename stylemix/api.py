@@ -50,7 +50,7 @@ __all__ = [
     "ApiError", "Model", "Aligned", "Latent", "Example", "Method", "Scores",
     "list_models", "load_model", "align", "invert", "inversion_busy", "mix", "edit", "render",
     "layer_strip", "score", "png_bytes", "npz_bytes", "load_npz", "read_npz", "examples",
-    "methods", "run_method", "register_method", "comparison_results", "best_edits",
+    "methods", "run_method", "register_method", "comparison_results", "best_edits", "mix_recipe",
     "QUALITIES", "SCORE_ATTRIBUTES", "DEFAULT_CLASSIFIER", "EDIT_STRENGTH",
 ]
 
@@ -880,22 +880,38 @@ for _g, _res in (("coarse", "4-8 px"), ("middle", "16-32 px"), ("fine", "64 px a
     register_method(f"mix: {_g}", f"the beard latent with the shaved latent's {_g} rows ({_res})", _fn, applies=_ok)
 
 
+RECIPE_EDITS = ("has_beard", "shaved")  # what a mix recipe's edit strength moves, in this order
+
+
+def _direction_method(model: Model, attr: str) -> str:
+    """The method to edit `attr` with: 'interfacegan' when the model has it, else its first one."""
+    if (attr, "interfacegan") in model._directions:
+        return "interfacegan"
+    return sorted(m for a, m in model._directions if a == attr)[0]
+
+
 def best_edits(model: Model) -> dict:
     """The edits of the 'mix: best' recipe: {'has_beard': s, 'shaved': s} for the model's
     best_edit_strength s (MANIFEST; benchmarks/bench_mixing.py's best_recipe), {} when none."""
     s = float(getattr(model, "best_edit_strength", 0.0) or 0.0)
     if not s or not getattr(model, "_directions", None):
         return {}
-    return {a: s for a in ("has_beard", "shaved") if a in model.directions}
+    return {a: s for a in RECIPE_EDITS if a in model.directions}
+
+
+def mix_recipe(model: Model, ws_beard, ws_shaved, layers, edit_strength: float = 0.0) -> np.ndarray:
+    """mix(ws_beard, ws_shaved, layers), then has_beard and shaved (those the model has directions
+    for) moved by `edit_strength`, one after the other: the recipe benchmarks/bench_mixing.py
+    measures and 'mix: best' runs. -> float32 [num_ws, w_dim]."""
+    ws = mix(model, ws_beard, ws_shaved, layers)
+    if edit_strength and model._directions:
+        for attr in (a for a in RECIPE_EDITS if a in model.directions):
+            ws = edit(model, ws, {attr: edit_strength}, method=_direction_method(model, attr))
+    return ws
 
 
 def _best_fn(model, ws_beard, ws_shaved):
-    ws = mix(model, ws_beard, ws_shaved, model.best_layers)
-    for attr, s in best_edits(model).items():  # one at a time, in this order, as the benchmark measured it
-        method = "interfacegan" if (attr, "interfacegan") in model._directions else \
-            sorted(m for a, m in model._directions if a == attr)[0]
-        ws = edit(model, ws, {attr: s}, method=method)
-    return ws
+    return mix_recipe(model, ws_beard, ws_shaved, model.best_layers, model.best_edit_strength)
 
 
 register_method("mix: best", "the beard latent with the shaved latent's rows that benchmarks/bench_mixing.py "
@@ -907,9 +923,8 @@ register_method("mix: best", "the beard latent with the shaved latent's rows tha
 
 def _edit_method(base: str, attr: str):
     def fn(model, ws_beard, ws_shaved):
-        method = "interfacegan" if (attr, "interfacegan") in model._directions else \
-            sorted(m for a, m in model._directions if a == attr)[0]
-        return edit(model, ws_beard if base == "beard" else ws_shaved, {attr: EDIT_STRENGTH}, method=method)
+        return edit(model, ws_beard if base == "beard" else ws_shaved, {attr: EDIT_STRENGTH},
+                    method=_direction_method(model, attr))
 
     def applies(model):
         if not model._directions:
