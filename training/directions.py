@@ -92,11 +92,10 @@ def run(args) -> int:
     out = Path(args.out) if args.out else default_path(model_name)
     manifest_path = None
     if args.manifest:
+        from training.evaluation.classifier import manifest_relpath
+
         manifest_path = pretrained.PRETRAINED_DIR / pretrained.MANIFEST_NAME
-        try:
-            rel = out.resolve().relative_to(pretrained.PRETRAINED_DIR.resolve())
-        except ValueError:
-            raise ValueError(f"--manifest needs --out inside {pretrained.PRETRAINED_DIR}, got {str(out)!r}") from None
+        rel = manifest_relpath(out)
     clf_name = args.classifier or _default_classifier(model_name)
     clf = load_classifier(clf_name)
     quiet = args.quiet
@@ -176,7 +175,7 @@ def run(args) -> int:
 
         entry = {
             "name": args.manifest,
-            "path": rel.as_posix(),
+            "path": rel,
             "sha256": sha256_file(out),
             "size": out.stat().st_size,
             "resolution": 0,

@@ -390,12 +390,9 @@ def _manifest_target(args, out: Path) -> str | None:
     """--manifest NAME: the encoder's path relative to pretrained/ (it must be written there)."""
     if not getattr(args, "manifest", None):
         return None
-    from stylemix import pretrained
+    from training.evaluation.classifier import manifest_relpath
 
-    try:
-        return out.resolve().relative_to(pretrained.PRETRAINED_DIR.resolve()).as_posix()
-    except ValueError:
-        raise UsageError(f"--manifest needs --out inside {pretrained.PRETRAINED_DIR}, got {str(out)!r}") from None
+    return manifest_relpath(out)
 
 
 def _register(args, out: Path, rel: str, G, measure: dict, training: dict) -> None:

@@ -406,6 +406,17 @@ def evaluate(net: AttributeNet, sets: dict, res: int, label_names) -> dict:
 # ------------------------------------------------------------------------------------------------
 # Manifest
 
+def manifest_relpath(out) -> str:
+    """`out`'s path relative to pretrained/ (POSIX), for a `--manifest NAME` record; ValueError when
+    the file would not be inside pretrained/."""
+    from stylemix import pretrained
+
+    try:
+        return Path(out).resolve().relative_to(pretrained.PRETRAINED_DIR.resolve()).as_posix()
+    except ValueError:
+        raise ValueError(f"--manifest needs --out inside {pretrained.PRETRAINED_DIR}, got {str(out)!r}") from None
+
+
 def update_manifest(manifest: Path, entry: dict) -> None:
     """Add `entry` to manifest['models'], replacing one of the same name; atomic rewrite."""
     manifest = Path(manifest)

@@ -153,9 +153,7 @@ def training_time(run, cur_nimg: int) -> dict:
     so snapshot writing and per-snapshot metrics are not in it. Resumed runs drop the log lines
     past the snapshot they resume from, so each tick is counted once (a duplicate is counted once)."""
     stats = _jsonl(Path(run) / "stats.jsonl")
-    ticks: dict[int, float] = {}
-    tick_nimg: dict[int, int] = {}
-    tick_dtype: dict[int, str] = {}
+    ticks: dict[int, tuple[float, int, str]] = {}  # tick -> (seconds, nimg at its end, conv dtype)
     cumulative = None
     resumes = 0
     for rec in stats:
@@ -166,20 +164,18 @@ def training_time(run, cur_nimg: int) -> dict:
             continue
         nimg = int(round(float(rec.get("kimg", 0)) * 1000))
         if nimg <= cur_nimg:
-            ticks[int(rec["tick"])] = float(rec["sec_per_tick"])
-            tick_nimg[int(rec["tick"])] = nimg
-            tick_dtype[int(rec["tick"])] = rec.get("cpu_conv_dtype", "float32")
+            ticks[int(rec["tick"])] = (float(rec["sec_per_tick"]), nimg, rec.get("cpu_conv_dtype", "float32"))
             if nimg == cur_nimg:
                 cumulative = rec.get("sec")
     if not ticks:
         raise ValueError(f"{run}: stats.jsonl has no tick records up to kimg {cur_nimg / 1000:g}")
-    total = sum(ticks.values())
+    total = sum(sec for sec, _, _ in ticks.values())
     # Images trained per convolution precision (train.py --cpu-bf16 is a runtime choice, logged per tick).
     by_dtype: dict[str, float] = {}
     prev = 0
-    for tick in sorted(tick_nimg):
-        by_dtype[tick_dtype[tick]] = by_dtype.get(tick_dtype[tick], 0) + (tick_nimg[tick] - prev) / 1000
-        prev = tick_nimg[tick]
+    for _, nimg, dtype in (ticks[t] for t in sorted(ticks)):
+        by_dtype[dtype] = by_dtype.get(dtype, 0) + (nimg - prev) / 1000
+        prev = nimg
     return dict(seconds=round(total, 1), ticks=len(ticks), resumes=resumes,
                 cumulative_sec=None if cumulative is None else float(cumulative),
                 kimg_by_conv_dtype={k: round(v, 3) for k, v in sorted(by_dtype.items())})
