@@ -51,15 +51,16 @@ def load_examples() -> list:
 # Session-state callbacks
 
 
-def _apply_preset(groups: dict, num_ws: int, best_edits: dict | None = None) -> None:
+def _apply_preset(groups: dict, num_ws: int, best: dict | None = None) -> None:
     preset = st.session_state["preset"]
     if preset == "custom":
         return
     rows = ui.preset_layers(preset, groups, num_ws)
     for i in range(num_ws):
         st.session_state[f"layer_{i}"] = i in rows
-    if preset == "best":  # the measured recipe may add edits on top of the rows (MANIFEST best_edit_strength)
-        for attr, strength in (best_edits or {}).items():
+    if preset == "best" and best:  # the measured recipe (MANIFEST best_recipe) also sets the base and the edits
+        st.session_state["base"] = best["base"]
+        for attr, strength in best["edits"].items():
             st.session_state[f"edit_{attr}"] = float(strength)
 
 
@@ -147,10 +148,13 @@ def settings_sidebar(model) -> dict:
                            help="The face whose unchecked layers are kept.")
     other = ui.SLOT_TITLES[[s for s in ui.SLOTS if s != out["base"]][0]]
     groups = {k: list(v) for k, v in model.layer_groups.items()}
-    best_edits = {}
-    if getattr(model, "best_layers", None):  # rows a benchmark found best for this model (MANIFEST)
-        groups["best"] = list(model.best_layers)
-        best_edits = api.best_edits(model)  # has_beard / shaved: the sliders ui.MAIN_EDITS shows
+    directions = list(getattr(model, "directions", None) or [])
+    best = None
+    recipe = getattr(model, "best_recipe", None)
+    if recipe:  # the recipe a benchmark found best for this model (MANIFEST best_recipe)
+        groups["best"] = list(recipe["layers"])
+        edits = api.best_edits(model)
+        best = {"base": recipe["base"], "edits": {a: edits.get(a, 0.0) for a in directions}}
     n = model.num_ws
     presets = ui.presets_for(groups)
     layout = (n, tuple((k, tuple(v)) for k, v in groups.items()))
@@ -159,9 +163,11 @@ def settings_sidebar(model) -> dict:
         st.session_state["preset"] = "coarse" if "coarse" in presets else presets[0]
         _apply_preset(groups, n)
     out["preset"] = sb.radio("Layers from the other face", presets, key="preset", horizontal=True,
-                             on_change=_apply_preset, args=(groups, n, best_edits),
+                             on_change=_apply_preset, args=(groups, n, best),
                              help="coarse 4-8 px (pose, head shape), middle 16-32 px (features, hair), "
-                                  "fine 64 px and up (colour, texture)")
+                                  "fine 64 px and up (colour, texture)"
+                                  + (" · best: the recipe measured for this model; it also sets the base face "
+                                     "and the edit sliders" if best else ""))
     sb.caption(f"Checked layers come from the {other}; the rest from the {ui.SLOT_TITLES[out['base']]}.")
     for i, label in enumerate(model.layer_labels):
         sb.checkbox(label, key=f"layer_{i}", on_change=_layer_toggled, args=(groups, n))
@@ -171,19 +177,21 @@ def settings_sidebar(model) -> dict:
 
     sb.header("Edits")
     edits: dict[str, float] = {}
-    directions = list(getattr(model, "directions", None) or [])
+    limit = ui.edit_limit(best["edits"] if best else None)
     if not directions:
         sb.caption(f"No edit directions for this model: `python -m training.directions --model {model.name}`")
+    for attr in directions:  # (the 'best' preset may have set them; another model may have a narrower range)
+        key = f"edit_{attr}"
+        st.session_state[key] = min(limit, max(-limit, float(st.session_state.get(key, 0.0))))
     for attr in [a for a in ui.MAIN_EDITS if a in directions]:
-        st.session_state.setdefault(f"edit_{attr}", 0.0)  # (the 'best' preset may set it)
-        edits[attr] = sb.slider(ui.MAIN_EDITS[attr], -3.0, 3.0, step=0.25, key=f"edit_{attr}",
+        edits[attr] = sb.slider(ui.MAIN_EDITS[attr], -limit, limit, step=0.25, key=f"edit_{attr}",
                                 help="Moves the result along this attribute's direction in W "
                                      "(in standard deviations); works with or without mixing.")
     rest = [a for a in directions if a not in ui.MAIN_EDITS]
     if rest:
         with sb.expander("More edits"):
             for attr in rest:
-                edits[attr] = st.slider(attr.replace("_", " "), -3.0, 3.0, 0.0, 0.25, key=f"edit_{attr}")
+                edits[attr] = st.slider(attr.replace("_", " "), -limit, limit, step=0.25, key=f"edit_{attr}")
     out["edits"] = {a: float(s) for a, s in edits.items() if s}
     return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import io
+import math
 import os
 import threading
 from collections.abc import Callable, Hashable, Iterable, Sequence
@@ -28,6 +29,7 @@ SLOT_TITLES = {"beard": "beard reference", "shaved": "shaved-head reference"}
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp"]
 #: edit sliders shown first (attribute -> label); other directions a model has go in an expander
 MAIN_EDITS = {"has_beard": "add beard", "shaved": "shave head"}
+EDIT_LIMIT = 5.0  # edit sliders span -EDIT_LIMIT..EDIT_LIMIT standard deviations (more when a recipe needs it)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,9 +129,9 @@ def qualities_for(model) -> list[str]:
 
 def presets_for(groups: dict[str, list[int]]) -> list[str]:
     """Preset names for a model: the non-empty groups in coarse/middle/fine order, extra groups a
-    model defines (e.g. 'best'), then 'custom'."""
+    model defines (e.g. 'best', shown even without rows: a recipe may be edits only), then 'custom'."""
     names = [p for p in PRESETS[:-1] if groups.get(p)]
-    names += [g for g in groups if g not in names and groups[g]]
+    names += [g for g in groups if g not in names and (groups[g] or g == "best")]
     return names + ["custom"]
 
 
@@ -149,6 +151,12 @@ def preset_of(layers: Iterable[int], groups: dict[str, list[int]]) -> str:
         if sorted(groups[name]) == chosen:
             return name
     return "custom"
+
+
+def edit_limit(edits: dict | None = None) -> float:
+    """The edit sliders' range: EDIT_LIMIT, widened to the next whole number that holds `edits`."""
+    need = max((abs(float(v)) for v in (edits or {}).values()), default=0.0)
+    return max(EDIT_LIMIT, float(math.ceil(need)))
 
 
 def describe_layers(layers: Sequence[int], labels: Sequence[str]) -> str:

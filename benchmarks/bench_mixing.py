@@ -11,8 +11,8 @@ reserved seeds 7100-7109, 9000/9001 and 1):
   with_attributes(has_beard=True, shaved=False) and with_attributes(has_beard=False, shaved=True).
 Each face is aligned with api.align (passthrough: renders are aligned by construction; `--detect`
 runs face detection instead, for FFHQ-aligned models) and inverted with api.invert (`--quality`,
-default balanced). Every mix keeps the beard latent as the base and takes the listed rows from
-the shaved latent (api.mix), and is rendered by api.render (noise 'const').
+default balanced). A mix keeps one latent as the base (the beard one unless said otherwise) and
+takes the listed rows from the other (api.mix); everything is rendered by api.render (noise 'const').
 
 Measures, with the classifier api.score uses for the model (threshold 0.5):
 - both_rate: share of mixes classified has_beard AND shaved; also each attribute's rate;
@@ -37,16 +37,25 @@ reported best rate is not inflated by the selection): the pairs are split into a
 `best_layers` is the chosen set, `best_both_rate` its rate on the evaluation half,
 `best_both_rate_selection` on the selection half. Groups and single layers use all pairs.
 
+The same search also runs with the shaved latent as the base (rows taken from the beard latent):
+`best_layers_shaved_base`, and its groups as `both_rate_shaved_base`.
+
 W-editing (when the model has attribute directions): the beard latent moved along the 'shaved'
 direction at each `--strengths` (and the shaved latent along 'has_beard'), same measures.
 
-Mix + edit (the app's sidebar allows both at once): the best layer set's mix, then moved along
-'has_beard' and 'shaved' by the same strength s, for each `--strengths`. `best_recipe` is
-{"layers": best_layers, "edit_strength": s} with s chosen on the selection half (0 = the mix alone,
-kept unless an edit strictly beats it), `best_recipe_both_rate` its rate on the evaluation half.
+Recipes (the app can mix and edit at once, with either face as the base): for each base, rows
+taken from the other latent (none, its searched rows, each layer group, each union of two groups),
+then 'has_beard' and 'shaved' edits with every combination of strengths in {0} + `--strengths`
+(default 1,2,3,4; api.mix_recipe, which 'mix: best' runs). The best on the selection half is
+`best_recipe` {"base", "layers", "edits"}: the highest both-rate; among equals the one whose
+identity distance to the farther of the two faces is smallest (per pair, then the mean), since a
+composite should keep something of both faces; then the smaller total strength, fewer rows, the
+beard base. `best_recipe_both_rate` is its rate
+on the evaluation half; `top_recipes` lists the eight best with both halves' rates.
 
-Recording the result for the app ('mix: best') is a MANIFEST edit (the `best_layers` key of the
-generator's record); this script only prints it.
+`--record` writes best_recipe into the model's record in pretrained/MANIFEST.json (with
+`best_recipe_measured`: rates, pairs, command, date), where api's 'mix: best' method and the app's
+'best' preset read it; without it the script only prints.
 
 Prints progress lines on stderr, a table on stdout, then one JSON object as the last line:
 {"both_rate": {"coarse": ..., "middle": ..., "fine": ...}, "best_layers": [...],
@@ -54,7 +63,8 @@ Prints progress lines on stderr, a table on stdout, then one JSON object as the 
  "best_recipe": {...}, "best_recipe_both_rate": ..., ...}
 
     python benchmarks/bench_mixing.py [--pairs 200] [--model synthfaces64] [--quality balanced]
-        [--identity different|shared] [--search greedy|exhaustive] [--threads 2]
+        [--identity different|shared] [--search greedy|exhaustive] [--strengths 1,2,3,4]
+        [--threads 2] [--record]
 """
 
 from __future__ import annotations
@@ -123,23 +133,26 @@ class Evaluator:
                             float(np.linalg.norm(emb[k] - self.id_shaved[i])))
         return np.array([store[i] for i in idx], dtype=np.float64).reshape(len(idx), 4)
 
-    def mix(self, rows, idx):
+    def _pair(self, base: str, i: int):
+        return (self.ws_beard[i], self.ws_shaved[i]) if base == "beard" else (self.ws_shaved[i], self.ws_beard[i])
+
+    def mix(self, rows, idx, base: str = "beard"):
+        """The `base` latent with `rows` taken from the other one (no rows: the base's reconstruction)."""
         rows = tuple(sorted(rows))
-        return self._compute(("mix", rows), lambda i: api.mix(self.model, self.ws_beard[i], self.ws_shaved[i],
-                                                              list(rows)), idx)
+        return self._compute(("mix", base, rows), lambda i: api.mix(self.model, *self._pair(base, i), list(rows)),
+                             idx)
 
     def edit(self, base: str, attr: str, strength: float, idx):
-        src = self.ws_beard if base == "beard" else self.ws_shaved
-        return self._compute(("edit", base, attr, strength),
-                             lambda i: api.edit(self.model, src[i], {attr: strength},
-                                                method=api._direction_method(self.model, attr)), idx)
+        return self.recipe({"base": base, "layers": [], "edits": {attr: strength}}, idx)
 
-    def mix_edit(self, rows, strength: float, idx):
-        """The mix of `rows`, then both attributes pushed by `strength` (api.mix_recipe)."""
-        rows = tuple(sorted(rows))
-        return self._compute(("mix_edit", rows, strength),
-                             lambda i: api.mix_recipe(self.model, self.ws_beard[i], self.ws_shaved[i], list(rows),
-                                                      strength), idx)
+    def recipe(self, recipe: dict, idx):
+        """api.mix_recipe of `recipe` ({'base', 'layers', 'edits'}); without edits the same as mix."""
+        edits = {a: float(s) for a, s in recipe["edits"].items() if s}
+        if not edits:
+            return self.mix(recipe["layers"], idx, recipe["base"])
+        key = ("recipe", recipe["base"], tuple(sorted(recipe["layers"])), tuple(sorted(edits.items())))
+        return self._compute(key, lambda i: api.mix_recipe(self.model, self.ws_beard[i], self.ws_shaved[i],
+                                                           {**recipe, "edits": edits}), idx)
 
 
 def summary(arr: np.ndarray) -> dict:
@@ -156,9 +169,9 @@ def both(arr: np.ndarray) -> float:
     return float(np.mean((arr[:, 0] >= THRESHOLD) & (arr[:, 1] >= THRESHOLD))) if len(arr) else 0.0
 
 
-def greedy(ev: Evaluator, num_ws: int, sel, groups: dict | None = None) -> tuple[list, float, list]:
+def greedy(ev: Evaluator, num_ws: int, sel, groups: dict | None = None, base: str = "beard") -> tuple[list, float, list]:
     chosen: list[int] = []
-    best = both(ev.mix([], sel))  # no rows taken: the beard reconstruction itself
+    best = both(ev.mix([], sel, base))  # no rows taken: the base's reconstruction itself
     trace = [{"rows": [], "both_rate_selection": round(best, 4)}]
     while len(chosen) < num_ws:
         moves = [[r] for r in range(num_ws) if r not in chosen]
@@ -167,26 +180,98 @@ def greedy(ev: Evaluator, num_ws: int, sel, groups: dict | None = None) -> tuple
             if len(extra) > 1 and extra not in moves:
                 moves.append(extra)
         # best rate; ties: fewer rows added, then the lower rows
-        rate, _, _, add = max((both(ev.mix(chosen + m, sel)), -len(m), [-r for r in m], m) for m in moves)
+        rate, _, _, add = max((both(ev.mix(chosen + m, sel, base)), -len(m), [-r for r in m], m) for m in moves)
         if rate <= best:
             break
         chosen.extend(add)
         best = rate
         trace.append({"rows": sorted(chosen), "both_rate_selection": round(rate, 4)})
-        log(f"  greedy: rows {sorted(chosen)} -> both-rate {rate:.3f} on the selection half")
+        log(f"  greedy ({base} base): rows {sorted(chosen)} -> both-rate {rate:.3f} on the selection half")
     return sorted(chosen), best, trace
 
 
-def exhaustive(ev: Evaluator, num_ws: int, sel) -> tuple[list, float, list]:
-    best, best_rows = both(ev.mix([], sel)), []
+def exhaustive(ev: Evaluator, num_ws: int, sel, groups: dict | None = None,
+               base: str = "beard") -> tuple[list, float, list]:
+    best, best_rows = both(ev.mix([], sel, base)), []
     subsets = [list(c) for k in range(1, num_ws + 1) for c in itertools.combinations(range(num_ws), k)]
     for j, rows in enumerate(subsets):
-        rate = both(ev.mix(rows, sel))
+        rate = both(ev.mix(rows, sel, base))
         if rate > best:  # ties keep the earlier (smaller, lower) set
             best, best_rows = rate, rows
         if (j + 1) % 64 == 0:
-            log(f"  exhaustive: {j + 1}/{len(subsets)} sets, best {best_rows} -> {best:.3f}")
+            log(f"  exhaustive ({base} base): {j + 1}/{len(subsets)} sets, best {best_rows} -> {best:.3f}")
     return best_rows, best, []
+
+
+def recipe_layer_sets(rows: list, groups: dict) -> list:
+    """The row sets a recipe may take from the other latent: none, the searched `rows`, each layer
+    group and every union of two groups (no repeats, in that order)."""
+    sets: list = []
+    names = [g for g in groups if groups[g]]
+    candidates = [[], list(rows)] + [list(groups[g]) for g in names]
+    candidates += [sorted(set(groups[a]) | set(groups[b])) for a, b in itertools.combinations(names, 2)]
+    for c in candidates:
+        c = sorted(set(c))
+        if c not in sets:
+            sets.append(c)
+    return sets
+
+
+def recipe_search(ev: Evaluator, rows_by_base: dict, edit_attrs: list, strengths: list, sel,
+                  groups: dict | None = None) -> list:
+    """Every recipe of the grid, scored on the selection pairs, best first: for each base, the row
+    sets of recipe_layer_sets (its searched rows, none, the groups), times every combination of
+    strengths in {0} + `strengths` for each attribute of `edit_attrs` (the plain reconstruction
+    left out). Order: the selection both-rate; then the identity distance to the farther of the
+    two faces (per pair, then the mean: a composite should keep something of both); then the
+    smaller total strength, fewer rows, the beard base. -> [(rate, recipe, that identity distance)]"""
+    scored = []
+    for base, rows in rows_by_base.items():
+        for layers in recipe_layer_sets(rows, groups or {}):
+            for values in itertools.product([0.0] + strengths, repeat=len(edit_attrs)):
+                edits = {a: v for a, v in zip(edit_attrs, values) if v}
+                if not layers and not edits:
+                    continue
+                recipe = {"base": base, "layers": list(layers), "edits": edits}
+                arr = ev.recipe(recipe, sel)
+                id_far = float(arr[:, 2:4].max(axis=1).mean()) if len(arr) else 0.0
+                rate = both(arr)
+                scored.append(((-rate, round(id_far, 6), sum(abs(v) for v in edits.values()), len(layers),
+                                base != "beard"), rate, recipe, id_far))
+    scored.sort(key=lambda t: t[0])
+    return [(rate, recipe, id_far) for _, rate, recipe, id_far in scored]
+
+
+def recipe_label(recipe: dict) -> str:
+    edits = "+".join(f"{a}@{s:g}" for a, s in recipe["edits"].items())
+    return f"{recipe['base']} base {recipe['layers']}" + (f" {edits}" if edits else "")
+
+
+def manifest_record(name: str) -> tuple[Path, dict]:
+    """(pretrained/MANIFEST.json, the record of generator `name` in it); ValueError when there is none."""
+    from stylemix import pretrained
+
+    manifest = pretrained.PRETRAINED_DIR / pretrained.MANIFEST_NAME
+    data = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {"models": []}
+    records = data["models"] if isinstance(data, dict) else data
+    record = next((m for m in records if m.get("name") == name), None)
+    if record is None or record.get("kind", "generator") not in ("generator", "networks"):
+        raise ValueError(f"--record needs the name of a generator registered in {manifest} (not a path), "
+                         f"got {name!r}; register it with python -m training.stylegan2.ship")
+    return manifest, record
+
+
+def record_recipe(name: str, num_ws: int, recipe: dict, measured: dict) -> str:
+    """Write `recipe` as the MANIFEST best_recipe of the registered generator `name` (with
+    `measured` beside it as best_recipe_measured); returns the MANIFEST path."""
+    from stylemix import pretrained
+    from training.evaluation.classifier import update_manifest
+
+    manifest, record = manifest_record(name)
+    update_manifest(manifest, {**record, "best_recipe": api.check_recipe(recipe, num_ws),
+                               "best_recipe_measured": measured})
+    pretrained.list_models()  # re-read the registry
+    return str(manifest)
 
 
 def main(argv=None) -> int:
@@ -197,19 +282,31 @@ def main(argv=None) -> int:
     ap.add_argument("--identity", default="different", choices=["different", "shared"],
                     help="the two faces of a pair: different people (default) or one person")
     ap.add_argument("--search", default="greedy", choices=["greedy", "exhaustive"])
-    ap.add_argument("--strengths", default="1,2,3", help="edit strengths (standard deviations), comma list")
+    ap.add_argument("--strengths", default="1,2,3,4",
+                    help="edit strengths (standard deviations) of the recipe grid, comma list of positive numbers")
     ap.add_argument("--detect", action="store_true", help="detect and align faces instead of passthrough")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"synthfaces seed (default {DEFAULT_SEED})")
+    ap.add_argument("--record", action="store_true",
+                    help="write best_recipe into the model's record in pretrained/MANIFEST.json (a registered "
+                         "generator), where 'mix: best' and the app's 'best' preset read it")
     args = ap.parse_args(argv)
     if args.pairs < 2 or args.threads < 1:
         ap.error("--pairs must be >= 2 (one half selects, the other evaluates) and --threads >= 1")
     if args.seed in RESERVED:
         ap.error(f"--seed {args.seed} is reserved ({sorted(RESERVED)})")
     try:
-        strengths = [float(s) for s in args.strengths.split(",") if s.strip()]
+        strengths = sorted({float(s) for s in args.strengths.split(",") if s.strip()})
     except ValueError:
-        ap.error(f"--strengths {args.strengths!r}: expected numbers like '1,2,3'")
+        strengths = []
+    if not strengths or not all(0 < s <= 100 for s in strengths):
+        ap.error(f"--strengths {args.strengths!r}: expected positive numbers up to 100 like '1,2,3'")
+    if args.record:
+        try:
+            manifest_record(args.model)
+        except (ValueError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
 
@@ -263,13 +360,17 @@ def main(argv=None) -> int:
     sel, evl = everyone[0::2], everyone[1::2]
     groups = {g: summary(ev.mix(rows, everyone)) for g, rows in model.layer_groups.items()}
     log(f"groups: { {g: s['both_rate'] for g, s in groups.items()} }")
+    groups_shaved = {g: summary(ev.mix(rows, everyone, "shaved")) for g, rows in model.layer_groups.items()}
+    log(f"groups on the shaved base: { {g: s['both_rate'] for g, s in groups_shaved.items()} }")
     singles = {str(r): summary(ev.mix([r], everyone)) for r in range(model.num_ws)}
     log(f"single layers: { {r: s['both_rate'] for r, s in singles.items()} }")
     search = greedy if args.search == "greedy" else exhaustive
-    if search is greedy:
-        best_rows, best_sel, trace = greedy(ev, model.num_ws, sel, model.layer_groups)
-    else:
-        best_rows, best_sel, trace = exhaustive(ev, model.num_ws, sel)
+    rows_by_base, sel_by_base, trace = {}, {}, []
+    for base in api.RECIPE_BASES:
+        rows_by_base[base], sel_by_base[base], tr = search(ev, model.num_ws, sel, model.layer_groups, base=base)
+        if base == "beard":
+            trace = tr
+    best_rows, best_sel = rows_by_base["beard"], sel_by_base["beard"]
     best_eval = summary(ev.mix(best_rows, evl))  # [] (nothing beat taking no rows): the beard reconstruction
     log(f"best rows {best_rows}: both-rate {best_sel:.3f} (selection half), "
         f"{best_eval['both_rate']:.3f} (evaluation half)")
@@ -284,22 +385,16 @@ def main(argv=None) -> int:
                 edits[f"{base}+{attr}@{s:g}"] = summary(ev.edit(base, attr, s, everyone))
         log(f"edits: { {k: v['both_rate'] for k, v in edits.items()} }")
 
-    # The best mix, then both directions: the strength is chosen on the selection half (0 = the mix
-    # alone; ties: the smaller strength) and reported on the evaluation half.
-    recipe = {"layers": best_rows, "edit_strength": 0.0}
-    recipe_sel, recipe_eval = best_sel, best_eval
-    mix_edits = None
-    if model._directions and {"has_beard", "shaved"} & set(model.directions):
-        mix_edits = {}
-        for s in strengths:
-            rate_sel = both(ev.mix_edit(best_rows, s, sel))
-            mix_edits[f"best+edit@{s:g}"] = summary(ev.mix_edit(best_rows, s, everyone))
-            if rate_sel > recipe_sel:
-                recipe_sel, recipe = rate_sel, {"layers": best_rows, "edit_strength": s}
-        if recipe["edit_strength"]:
-            recipe_eval = summary(ev.mix_edit(best_rows, recipe["edit_strength"], evl))
-        log(f"mix + edit: { {k: v['both_rate'] for k, v in mix_edits.items()} }; best recipe {recipe}: "
-            f"{recipe_sel:.3f} (selection half), {recipe_eval.get('both_rate', 0):.3f} (evaluation half)")
+    # Recipes: each base with its searched rows (or none), then has_beard / shaved edits from the
+    # grid; chosen on the selection half, reported on the evaluation half.
+    edit_attrs = [a for a in api.RECIPE_EDITS if a in model.directions] if model._directions else []
+    ranked = recipe_search(ev, rows_by_base, edit_attrs, strengths, sel, model.layer_groups)
+    recipe_sel, recipe, _ = ranked[0]
+    recipe_eval = summary(ev.recipe(recipe, evl))
+    top = [{"recipe": r, "both_rate_selection": round(rate, 4), "identity_to_farther_selection": round(id_o, 4),
+            "both_rate_evaluation": round(both(ev.recipe(r, evl)), 4)} for rate, r, id_o in ranked[:8]]
+    log(f"recipes: {len(ranked)} tried; best {recipe_label(recipe)}: {recipe_sel:.3f} (selection half), "
+        f"{recipe_eval.get('both_rate', 0):.3f} (evaluation half)")
 
     result = {
         "both_rate": {g: s["both_rate"] for g, s in groups.items()},
@@ -313,12 +408,13 @@ def main(argv=None) -> int:
                      "best": {"to_beard": best_eval.get("identity_to_beard"),
                               "to_shaved": best_eval.get("identity_to_shaved")},
                      "metric": "L2 of classifier.identity embeddings (standardised identity parameters)"},
+        "both_rate_shaved_base": {g: s["both_rate"] for g, s in groups_shaved.items()},
+        "best_layers_shaved_base": rows_by_base["shaved"],
         "edit": edits,
-        "mix_edit": mix_edits,
-        "mix_edit_both_rate": None if mix_edits is None else {k: v["both_rate"] for k, v in mix_edits.items()},
         "best_recipe": recipe,
         "best_recipe_both_rate": recipe_eval.get("both_rate"),
         "best_recipe_both_rate_selection": round(recipe_sel, 4),
+        "best_recipe_eval": recipe_eval, "recipes_tried": len(ranked), "top_recipes": top,
         "edit_both_rate": None if edits is None else {k: v["both_rate"] for k, v in edits.items()},
         "reconstruction": recon,
         "model": model.name, "pairs": args.pairs, "identity_mode": args.identity, "quality": args.quality,
@@ -329,26 +425,44 @@ def main(argv=None) -> int:
     }
 
     print(f"mixing on {model.name}: {args.pairs} pairs ({args.identity} identities), inversion {args.quality} "
-          f"({inversion_s:.2f} s/image); beard latent as base, rows taken from the shaved latent")
-    print(f"{'mix':>22} {'n':>4} {'both':>6} {'beard':>6} {'shaved':>6} {'id->beard':>9} {'id->shaved':>10}")
+          f"({inversion_s:.2f} s/image); rows are taken from the other latent")
+    print(f"{'mix':>44} {'n':>4} {'both':>6} {'beard':>6} {'shaved':>6} {'id->beard':>9} {'id->shaved':>10}")
 
     def row(label, s):
         if s.get("n"):
-            print(f"{label:>22} {s['n']:>4} {s['both_rate']:>6.3f} {s['has_beard_rate']:>6.3f} "
+            print(f"{label:>44} {s['n']:>4} {s['both_rate']:>6.3f} {s['has_beard_rate']:>6.3f} "
                   f"{s['shaved_rate']:>6.3f} "
                   f"{s['identity_to_beard']:>9.3f} {s['identity_to_shaved']:>10.3f}")
     for g, s in groups.items():
-        row(g, s)
+        row(f"beard base: {g}", s)
+    for g, s in groups_shaved.items():
+        row(f"shaved base: {g}", s)
     for r, s in singles.items():
-        row(f"layer {r}", s)
-    row(f"best {best_rows} (eval)", best_eval)
+        row(f"beard base: layer {r}", s)
+    row(f"beard base: best {best_rows} (eval)", best_eval)
     for k, s in (edits or {}).items():
         row(k, s)
-    for k, s in (mix_edits or {}).items():
-        row(k, s)
-    if recipe["edit_strength"]:
-        row("best recipe (eval)", recipe_eval)
+    print(f"top recipes ({len(ranked)} tried): both-rate on the selection half / evaluation half, "
+          f"identity distance to the farther face (selection half)")
+    for t in top:
+        print(f"{recipe_label(t['recipe']):>44} {t['both_rate_selection']:.3f} / {t['both_rate_evaluation']:.3f}"
+              f"   {t['identity_to_farther_selection']:.3f}")
+    row(f"best recipe (eval): {recipe_label(recipe)}", recipe_eval)
     print(f"reconstructions: {recon}")
+    if args.record:
+        measured = {"both_rate": recipe_eval.get("both_rate"), "both_rate_selection": round(recipe_sel, 4),
+                    "pairs": args.pairs, "evaluation_pairs": len(evl), "quality": args.quality,
+                    "identity_mode": args.identity, "seed": args.seed,
+                    "command": "python benchmarks/bench_mixing.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                    "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        try:
+            where = record_recipe(args.model, model.num_ws, recipe, measured)
+        except (ValueError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            print(json.dumps(result))
+            return 1
+        log(f"recorded best_recipe {recipe} for {model.name} in {where}")
+        result["recorded"] = where
     print(json.dumps(result))
     return 0
 

@@ -326,7 +326,7 @@ def cmd_edit(args) -> int:
     ws, src = _latent_from(model, args.ws, args, "source", out)
     ws = api.edit(model, ws, edits, method=args.method, layers=args.layers)
     image = api.render(model, ws)
-    meta = {"model": model.name, "op": "edit", "source": src, "edits": edits, "method": args.method,
+    meta = {"model": model.name, "op": "edit", "source": src, "edits": edits, "method": args.method or "default",
             "layers": args.layers, "num_ws": model.num_ws, "w_dim": model.w_dim}
     _write(out / "edit.png", api.png_bytes(image), args)
     _write(out / "edit.npz", api.npz_bytes(ws, **meta), args)
@@ -411,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--ws", required=True, help="a .npz latent or a photo (inverted first)")
     ed.add_argument("--attr", action="append", required=True, metavar="NAME=STRENGTH",
                     help="attribute and strength in standard deviations, e.g. shaved=2 (repeatable)")
-    ed.add_argument("--method", default="interfacegan", help="direction method (interfacegan | mean_diff)")
+    ed.add_argument("--method", default=None, choices=["interfacegan", "mean_diff"],
+                    help="direction method (default: interfacegan where the model has it, else mean_diff)")
     ed.add_argument("--layers", default=None, help="edit only these groups/rows (default: all)")
     ed.add_argument("--out", required=True, help="output folder (created if missing)")
     _add_inversion_options(ed, projector=False)

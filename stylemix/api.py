@@ -22,7 +22,7 @@ Rules this module keeps:
   pixels wherever it is used (inversion result, mix, edit, method comparison).
 
 A model's companions are found by name (see the spec in DESIGN.md): its MANIFEST record
-(`pretrained/MANIFEST.json`: extra keys `aligned_domain`, `best_layers`, `best_edit_strength`), its encoder
+(`pretrained/MANIFEST.json`: extra keys `aligned_domain` and `best_recipe`), its encoder
 (`inversion.find_encoder`), its attribute directions (`editing.find_directions`) and the
 attribute classifier (`<model>-classifier` when registered, else the bundled `synthfaces64` one,
 which resizes other resolutions; `score` says so).
@@ -51,6 +51,7 @@ __all__ = [
     "list_models", "load_model", "align", "invert", "inversion_busy", "mix", "edit", "render",
     "layer_strip", "score", "png_bytes", "npz_bytes", "load_npz", "read_npz", "examples",
     "methods", "run_method", "register_method", "comparison_results", "best_edits", "mix_recipe",
+    "check_recipe", "RECIPE_BASES", "RECIPE_EDITS",
     "QUALITIES", "SCORE_ATTRIBUTES", "DEFAULT_CLASSIFIER", "EDIT_STRENGTH",
 ]
 
@@ -92,8 +93,7 @@ class Model:
     aligned_domain: str | None         # faces.align(domain=...): 'synthfaces' passes square images through
     description: str
     path: str = ""                     # the checkpoint file
-    best_layers: list | None = None    # rows for 'mix: best', from the MANIFEST record
-    best_edit_strength: float = 0.0    # 'mix: best' then has_beard and shaved edits of this strength (MANIFEST)
+    best_recipe: dict | None = None    # 'mix: best' (MANIFEST): {'base', 'layers', 'edits'}, see check_recipe
     encoder: str | None = None         # the encoder's name or path
     direction_methods: list = dataclasses.field(default_factory=list)  # e.g. ['interfacegan', 'mean_diff']
     notes: list = dataclasses.field(default_factory=list)  # companions that were found but unusable
@@ -237,21 +237,13 @@ def load_model(name_or_path) -> Model:
         notes.append(f"MANIFEST aligned_domain {domain!r} is not one of {DOMAINS}; ignored")
         domain = None
 
-    best = record.get("best_layers")
+    best = record.get("best_recipe")
     if best is not None:
-        ok = (isinstance(best, list) and best
-              and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < G.num_ws for i in best))
-        if not ok:
-            notes.append(f"MANIFEST best_layers {best!r} is not a list of rows in [0, {G.num_ws - 1}]; ignored")
+        try:
+            best = check_recipe(best, G.num_ws)
+        except ApiError as exc:
+            notes.append(f"MANIFEST best_recipe ignored: {exc}")
             best = None
-        else:
-            best = sorted(set(best))
-    best_s = record.get("best_edit_strength", 0.0)
-    if isinstance(best_s, bool) or not isinstance(best_s, numbers.Real) or not (0 <= best_s <= 100) or \
-            not math.isfinite(best_s) or (best_s and best is None):
-        notes.append(f"MANIFEST best_edit_strength {best_s!r} is not a strength in [0, 100] beside best_layers; "
-                     f"ignored")
-        best_s = 0.0
 
     from . import editing, inversion
 
@@ -277,7 +269,7 @@ def load_model(name_or_path) -> Model:
         layer_labels=[layer_label(i, G) for i in range(G.num_ws)],
         layer_groups={k: [int(i) for i in v] for k, v in layer_groups(G).items()},
         has_encoder=encoder is not None, directions=attrs, aligned_domain=domain,
-        description=description, path=path, best_layers=best, best_edit_strength=float(best_s), encoder=enc_name,
+        description=description, path=path, best_recipe=best, encoder=enc_name,
         direction_methods=dmethods, notes=notes, record=_jsonable(record),
         _G=G, _encoder=encoder, _directions=directions)
 
@@ -687,10 +679,12 @@ def _directions_help(model: Model) -> str:
     return f"compute them with `python -m training.directions --model {model.name}`"
 
 
-def edit(model: Model, ws, edits: dict, *, method: str = "interfacegan", layers=None) -> np.ndarray:
+def edit(model: Model, ws, edits: dict, *, method: str | None = None, layers=None) -> np.ndarray:
     """Move a latent along attribute directions: edits = {attribute: strength} (strength in
     standard deviations of w along the direction; + adds the attribute, - removes it).
-    layers: None = all rows, else groups / rows as in mix. -> float32 [num_ws, w_dim]."""
+    method: 'interfacegan' / 'mean_diff'; None = per attribute, 'interfacegan' when the model has
+    it, else its other one. layers: None = all rows, else groups / rows as in mix.
+    -> float32 [num_ws, w_dim]."""
     from . import editing
 
     model = _check_model(model)
@@ -706,7 +700,7 @@ def edit(model: Model, ws, edits: dict, *, method: str = "interfacegan", layers=
         if attr not in model.directions:
             raise ApiError(f"no direction for attribute {attr!r} on model {model.name!r}; "
                            f"available: {', '.join(model.directions) or 'none'}")
-        key = (attr, method)
+        key = (attr, method or _direction_method(model, attr))
         if key not in model._directions:
             have = sorted(m for a, m in model._directions if a == attr)
             raise ApiError(f"no {method!r} direction for {attr!r}; available methods: {', '.join(have)}")
@@ -880,7 +874,8 @@ for _g, _res in (("coarse", "4-8 px"), ("middle", "16-32 px"), ("fine", "64 px a
     register_method(f"mix: {_g}", f"the beard latent with the shaved latent's {_g} rows ({_res})", _fn, applies=_ok)
 
 
-RECIPE_EDITS = ("has_beard", "shaved")  # what a mix recipe's edit strength moves, in this order
+RECIPE_EDITS = ("has_beard", "shaved")  # the attributes a recipe's edits move, in this order
+RECIPE_BASES = ("beard", "shaved")
 
 
 def _direction_method(model: Model, attr: str) -> str:
@@ -890,41 +885,73 @@ def _direction_method(model: Model, attr: str) -> str:
     return sorted(m for a, m in model._directions if a == attr)[0]
 
 
+def check_recipe(recipe, num_ws: int) -> dict:
+    """A mixing recipe, validated and normalised: {'base': 'beard' | 'shaved' (the latent whose
+    other rows are kept), 'layers': sorted rows taken from the other latent, 'edits': {attribute:
+    strength} applied after the mix, zero strengths dropped}. It must do something (rows or an
+    edit). ApiError says what is wrong. This is the MANIFEST `best_recipe` a benchmark measured
+    (benchmarks/bench_mixing.py) and what 'mix: best' and the app's 'best' preset apply."""
+    if not isinstance(recipe, dict):
+        raise ApiError(f"a recipe is a dict with 'base', 'layers' and 'edits', got {type(recipe).__name__}")
+    unknown = sorted(set(recipe) - {"base", "layers", "edits"})
+    if unknown:
+        raise ApiError(f"unknown recipe keys {unknown} (expected base, layers, edits)")
+    base = recipe.get("base", "beard")
+    if base not in RECIPE_BASES:
+        raise ApiError(f"recipe base {base!r} is not one of {RECIPE_BASES}")
+    layers = recipe.get("layers", [])
+    if not isinstance(layers, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < num_ws for i in layers):
+        raise ApiError(f"recipe layers {layers!r} is not a list of rows in [0, {num_ws - 1}]")
+    edits = recipe.get("edits", {})
+    if not isinstance(edits, dict) or not all(isinstance(k, str) for k in edits):
+        raise ApiError(f"recipe edits {edits!r} is not a dict {{attribute: strength}}")
+    for attr, strength in edits.items():
+        if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength) \
+                or abs(strength) > 100:
+            raise ApiError(f"recipe strength {strength!r} for {attr!r} is not a number in [-100, 100]")
+    edits = {a: float(v) for a, v in edits.items() if v}
+    if not layers and not edits:
+        raise ApiError("the recipe does nothing (no layers and no edits)")
+    return {"base": base, "layers": sorted(set(layers)), "edits": edits}
+
+
 def best_edits(model: Model) -> dict:
-    """The edits of the 'mix: best' recipe: {'has_beard': s, 'shaved': s} for the model's
-    best_edit_strength s (MANIFEST; benchmarks/bench_mixing.py's best_recipe), {} when none."""
-    s = float(getattr(model, "best_edit_strength", 0.0) or 0.0)
-    if not s or not getattr(model, "_directions", None):
-        return {}
-    return {a: s for a in RECIPE_EDITS if a in model.directions}
+    """The edits of the model's 'mix: best' recipe that it has directions for ({} when none)."""
+    recipe = getattr(model, "best_recipe", None) or {}
+    have = set(getattr(model, "directions", None) or []) if getattr(model, "_directions", None) else set()
+    return {a: s for a, s in recipe.get("edits", {}).items() if a in have}
 
 
-def mix_recipe(model: Model, ws_beard, ws_shaved, layers, edit_strength: float = 0.0) -> np.ndarray:
-    """mix(ws_beard, ws_shaved, layers), then has_beard and shaved (those the model has directions
-    for) moved by `edit_strength`, one after the other: the recipe benchmarks/bench_mixing.py
-    measures and 'mix: best' runs. -> float32 [num_ws, w_dim]."""
-    ws = mix(model, ws_beard, ws_shaved, layers)
-    if edit_strength and model._directions:
-        for attr in (a for a in RECIPE_EDITS if a in model.directions):
-            ws = edit(model, ws, {attr: edit_strength}, method=_direction_method(model, attr))
+def mix_recipe(model: Model, ws_beard, ws_shaved, recipe: dict) -> np.ndarray:
+    """Apply a recipe (check_recipe) to a beard latent and a shaved-head latent: the base latent
+    with the recipe's rows taken from the other one, then the recipe's edits that the model has
+    directions for (api.edit), in RECIPE_EDITS order and then by name. What 'mix: best' runs and
+    benchmarks/bench_mixing.py measures. -> float32 [num_ws, w_dim]."""
+    model = _check_model(model)
+    recipe = check_recipe(recipe, model.num_ws)
+    pair = (_ws_array(model, ws_beard, "ws_beard"), _ws_array(model, ws_shaved, "ws_shaved"))
+    base, other = pair if recipe["base"] == "beard" else pair[::-1]
+    ws = mix(model, base, other, recipe["layers"]) if recipe["layers"] else base.copy()
+    edits = best_edits(dataclasses.replace(model, best_recipe=recipe))
+    for attr in [a for a in RECIPE_EDITS if a in edits] + sorted(a for a in edits if a not in RECIPE_EDITS):
+        ws = edit(model, ws, {attr: edits[attr]})
     return ws
 
 
 def _best_fn(model, ws_beard, ws_shaved):
-    return mix_recipe(model, ws_beard, ws_shaved, model.best_layers, model.best_edit_strength)
+    return mix_recipe(model, ws_beard, ws_shaved, model.best_recipe)
 
 
-register_method("mix: best", "the beard latent with the shaved latent's rows that benchmarks/bench_mixing.py "
-                "found best for this model (MANIFEST best_layers), then its best_edit_strength along "
-                "has_beard and shaved when the record has one", _best_fn,
-                applies=lambda m: None if m.best_layers else "its MANIFEST record has no best_layers "
-                "(run benchmarks/bench_mixing.py and record them)")
+register_method("mix: best", "the recipe benchmarks/bench_mixing.py found best for this model (MANIFEST "
+                "best_recipe): one reference as the base, some rows from the other, then edits", _best_fn,
+                applies=lambda m: None if m.best_recipe else "its MANIFEST record has no best_recipe "
+                "(run benchmarks/bench_mixing.py --record)")
 
 
 def _edit_method(base: str, attr: str):
     def fn(model, ws_beard, ws_shaved):
-        return edit(model, ws_beard if base == "beard" else ws_shaved, {attr: EDIT_STRENGTH},
-                    method=_direction_method(model, attr))
+        return edit(model, ws_beard if base == "beard" else ws_shaved, {attr: EDIT_STRENGTH})
 
     def applies(model):
         if not model._directions:

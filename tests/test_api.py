@@ -136,7 +136,7 @@ def test_load_model_by_path(model, tiny32_G):
     assert model.layer_groups == mixing.layer_groups(tiny32_G)
     assert "fine" not in model.layer_groups  # 32 px has no 64 px rows
     assert model.has_encoder is False and model.encoder is None
-    assert model.directions == [] and model.aligned_domain is None and model.best_layers is None
+    assert model.directions == [] and model.aligned_domain is None and model.best_recipe is None
     assert isinstance(model.description, str) and model.description
     _assert_plain(model)
 
@@ -157,8 +157,8 @@ def test_load_model_reads_the_manifest_record(ckpt, cache, monkeypatch, tmp_path
     (folder / "tinygen.safetensors").write_bytes(ckpt.read_bytes())
     record = {"name": "tinygen", "path": "tinygen.safetensors", "kind": "generator", "resolution": 32,
               "sha256": pretrained.sha256_file(ckpt), "size": ckpt.stat().st_size,
-              "description": "a tiny bundled generator", "aligned_domain": "synthfaces", "best_layers": [2, 0],
-              "best_edit_strength": 2}
+              "description": "a tiny bundled generator", "aligned_domain": "synthfaces",
+              "best_recipe": {"base": "shaved", "layers": [2, 0], "edits": {"has_beard": 2, "shaved": 0}}}
     (folder / "MANIFEST.json").write_text(json.dumps({"models": [record]}))
     monkeypatch.setattr(pretrained, "PRETRAINED_DIR", folder)
     try:
@@ -166,18 +166,22 @@ def test_load_model_reads_the_manifest_record(ckpt, cache, monkeypatch, tmp_path
         assert listed["tinygen"]["available"] is True and listed["tinygen"]["bundled"] is True
         m = api.load_model("tinygen")
         assert m.name == "tinygen" and m.description == "a tiny bundled generator"
-        assert m.aligned_domain == "synthfaces" and m.best_layers == [0, 2] and m.best_edit_strength == 2.0
-        assert m.record["best_layers"] == [2, 0]
+        assert m.aligned_domain == "synthfaces"
+        assert m.best_recipe == {"base": "shaved", "layers": [0, 2], "edits": {"has_beard": 2.0}}
+        assert m.record["best_recipe"]["layers"] == [2, 0]
         assert "mix: best" in [x.name for x in api.methods(m)]
         # synthfaces domain: a square image passes through without face detection
         a = api.align(m, Image.new("RGB", (80, 80), (120, 90, 60)))
         assert a.method == "passthrough" and a.image.size == (32, 32)
-        # a bad best_edit_strength (or one without best_layers) is ignored with a note
-        for bad in ({"best_edit_strength": -1}, {"best_edit_strength": "2"},
-                    {"best_layers": None, "best_edit_strength": 1.5}):
-            (folder / "MANIFEST.json").write_text(json.dumps({"models": [{**record, **bad}]}))
+        # a bad best_recipe is ignored with a note that says what is wrong
+        for bad, why in (({"base": "nobody", "layers": [1]}, "base"), ({"layers": [1, 8]}, "layers"),
+                         ({"layers": [], "edits": {"shaved": "2"}}, "strength"), ({"layers": []}, "does nothing"),
+                         ({"layers": [1], "weights": [0.5]}, "unknown"), ([0, 1], "dict")):
+            (folder / "MANIFEST.json").write_text(json.dumps({"models": [{**record, "best_recipe": bad}]}))
             m = api.load_model("tinygen")
-            assert m.best_edit_strength == 0.0 and any("best_edit_strength" in n for n in m.notes), bad
+            assert m.best_recipe is None, bad
+            assert any("best_recipe" in n and why in n for n in m.notes), (bad, m.notes)
+            assert "mix: best" not in [x.name for x in api.methods(m)]
     finally:
         monkeypatch.undo()
         pretrained.list_models()  # re-sync the registry with the real MANIFEST
@@ -536,7 +540,7 @@ def test_methods_on_a_bare_model(model):
     assert np.array_equal(np.asarray(img), np.asarray(api.render(model, mixing.mix(a, b, ["coarse"]))))
     with pytest.raises(api.ApiError, match="training.directions"):
         api.run_method(model, "edit: beard + shave", a, b)
-    with pytest.raises(api.ApiError, match="best_layers"):
+    with pytest.raises(api.ApiError, match="best_recipe"):
         api.run_method(model, "mix: best", a, b)
     with pytest.raises(api.ApiError, match="no 'fine' rows"):
         api.run_method(model, "mix: fine", a, b)
@@ -546,8 +550,8 @@ def test_methods_on_a_bare_model(model):
         api.run_method(model, "mix: coarse", a, b[:2])
 
 
-def test_methods_with_directions_and_best_layers(full_model):
-    m = dataclasses.replace(full_model, best_layers=[0, 3])
+def test_methods_with_directions_and_best_recipe(full_model):
+    m = dataclasses.replace(full_model, best_recipe={"base": "beard", "layers": [0, 3], "edits": {}})
     names = [x.name for x in api.methods(m)]
     assert names == ["mix: coarse", "mix: middle", "mix: best", "edit: beard + shave", "edit: shaved + beard"]
     a, b = _ws(m, 0), _ws(m, 1)
@@ -558,14 +562,44 @@ def test_methods_with_directions_and_best_layers(full_model):
     assert np.array_equal(np.asarray(shave), np.asarray(api.render(m, ref)))
     grow = api.run_method(m, "edit: shaved + beard", a, b)
     assert np.array_equal(np.asarray(grow), np.asarray(api.render(m, api.edit(m, b, {"has_beard": api.EDIT_STRENGTH}))))
-    # the recipe with an edit strength: the mix, then has_beard and shaved moved by it
     assert api.best_edits(m) == {}
-    m2 = dataclasses.replace(m, best_edit_strength=1.5)
-    assert api.best_edits(m2) == {"has_beard": 1.5, "shaved": 1.5}
-    recipe = api.edit(m2, api.edit(m2, mixing.mix(a, b, [0, 3]), {"has_beard": 1.5}), {"shaved": 1.5})
+    # the shaved face as the base, the beard face's rows 0 and 3, then a beard edit
+    m2 = dataclasses.replace(m, best_recipe={"base": "shaved", "layers": [0, 3], "edits": {"has_beard": 1.5}})
+    assert api.best_edits(m2) == {"has_beard": 1.5}
+    recipe = api.edit(m2, mixing.mix(b, a, [0, 3]), {"has_beard": 1.5})
     out = api.run_method(m2, "mix: best", a, b)
     assert np.array_equal(np.asarray(out), np.asarray(api.render(m2, recipe)))
     assert not np.array_equal(np.asarray(out), np.asarray(best))
+    # edits alone (no rows); an edit of an attribute the model has no direction for is skipped
+    only = api.mix_recipe(m, a, b, {"base": "beard", "layers": [], "edits": {"shaved": 2, "moustache": 1}})
+    assert np.array_equal(only, api.edit(m, a, {"shaved": 2.0}))
+    assert api.best_edits(dataclasses.replace(m, best_recipe={"base": "beard", "layers": [],
+                                                               "edits": {"moustache": 1.0}})) == {}
+
+
+def test_check_recipe():
+    assert api.check_recipe({"layers": [3, 1, 3]}, 8) == {"base": "beard", "layers": [1, 3], "edits": {}}
+    assert api.check_recipe({"base": "shaved", "layers": [], "edits": {"has_beard": 3, "shaved": 0}}, 8) == \
+        {"base": "shaved", "layers": [], "edits": {"has_beard": 3.0}}
+    for bad, why in (({"layers": [8]}, "rows in"), ({"layers": [True]}, "rows in"), ({"layers": "0,1"}, "rows in"),
+                     ({"base": "both", "layers": [0]}, "base"), ({"edits": {"shaved": float("nan")}}, "strength"),
+                     ({"edits": {"shaved": 101}}, "strength"), ({"edits": []}, "dict"), ({}, "does nothing"),
+                     ({"layers": [0], "mode": 1}, "unknown"), (None, "dict")):
+        with pytest.raises(api.ApiError, match=why):
+            api.check_recipe(bad, 8)
+
+
+def test_edit_picks_the_method_per_attribute(full_model):
+    """method=None: interfacegan where the model has it, else its other method; a named method is used."""
+    a = _ws(full_model, 0)
+    assert np.array_equal(api.edit(full_model, a, {"shaved": 1.0}),
+                          api.edit(full_model, a, {"shaved": 1.0}, method="interfacegan"))
+    dirs = {k: v for k, v in full_model._directions.items() if not (k[0] == "shaved" and k[1] == "interfacegan")}
+    m = dataclasses.replace(full_model, _directions=dirs)
+    other = sorted(meth for attr, meth in dirs if attr == "shaved")[0]
+    assert np.array_equal(api.edit(m, a, {"shaved": 1.0}), api.edit(m, a, {"shaved": 1.0}, method=other))
+    with pytest.raises(api.ApiError, match="no 'interfacegan' direction"):
+        api.edit(m, a, {"shaved": 1.0}, method="interfacegan")
 
 
 def test_register_method(model):

@@ -365,8 +365,8 @@ def test_model_errors_keep_the_app_usable(app_env, monkeypatch, tmp_path):
 
 
 def test_best_preset_applies_the_measured_recipe(app_env, monkeypatch, tmp_path):
-    """A registered model whose MANIFEST record has best_layers and best_edit_strength: the 'best'
-    preset checks those layers and sets the beard and shave sliders to the strength."""
+    """A registered model whose MANIFEST record has a best_recipe: the 'best' preset checks its
+    layers, picks its base face and sets the edit sliders (widened to hold a strength above 5)."""
     import json
     import shutil
 
@@ -378,7 +378,7 @@ def test_best_preset_applies_the_measured_recipe(app_env, monkeypatch, tmp_path)
     path = folder / "tinybest.safetensors"
     record = {"name": "tinybest", "path": path.name, "kind": "generator", "resolution": 32,
               "sha256": pretrained.sha256_file(path), "size": path.stat().st_size, "description": "tiny",
-              "best_layers": [0, 3], "best_edit_strength": 1.5}
+              "best_recipe": {"base": "shaved", "layers": [0, 3], "edits": {"has_beard": 5.5}}}
     (folder / "MANIFEST.json").write_text(json.dumps({"models": [record]}))
     cache = pretrained.cache_dir()
     for kind, suffix in (("encoders", "encoder"), ("directions", "directions")):
@@ -388,14 +388,17 @@ def test_best_preset_applies_the_measured_recipe(app_env, monkeypatch, tmp_path)
     try:
         at = new_app()
         assert "best" in at.radio(key="preset").options
-        assert at.slider(key="edit_has_beard").value == 0.0
+        assert at.slider(key="edit_has_beard").value == 0.0 and at.radio(key="base").value == "beard"
+        assert at.slider(key="edit_has_beard").max == 6.0  # the recipe's 5.5 fits
+        at.slider(key="edit_shaved").set_value(1.0).run()
         at.radio(key="preset").set_value("best").run()
         _ok(at)
         assert [i for i in range(8) if at.checkbox(key=f"layer_{i}").value] == [0, 3]
-        assert at.slider(key="edit_has_beard").value == 1.5 and at.slider(key="edit_shaved").value == 1.5
-        at.radio(key="preset").set_value("middle").run()  # other presets leave the sliders alone
+        assert at.radio(key="base").value == "shaved"
+        assert at.slider(key="edit_has_beard").value == 5.5 and at.slider(key="edit_shaved").value == 0.0
+        at.radio(key="preset").set_value("middle").run()  # other presets leave the base and sliders alone
         _ok(at)
-        assert at.slider(key="edit_shaved").value == 1.5
+        assert at.slider(key="edit_has_beard").value == 5.5 and at.radio(key="base").value == "shaved"
     finally:
         for kind, suffix in (("encoders", "encoder"), ("directions", "directions")):
             (cache / kind / f"tinybest-{suffix}.safetensors").unlink(missing_ok=True)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from stylemix import pretrained
+from stylemix import api, pretrained
 from stylemix.checkpoints import save_generator
 
 from .conftest import REPO
@@ -91,10 +91,18 @@ def test_bench_mixing_smoke(tiny_model, capsys):
     assert isinstance(res["best_layers"], list) and all(0 <= r < 8 for r in res["best_layers"])
     assert 0 <= res["best_both_rate"] <= 1 and res["selection_pairs"] == res["evaluation_pairs"] == 1
     assert set(res["edit_both_rate"]) == {"beard+shaved@2", "shaved+has_beard@2"}
-    assert set(res["mix_edit_both_rate"]) == {"best+edit@2"} and 0 <= res["mix_edit_both_rate"]["best+edit@2"] <= 1
-    assert res["best_recipe"]["layers"] == res["best_layers"] and res["best_recipe"]["edit_strength"] in (0.0, 2.0)
+    recipe = res["best_recipe"]
+    assert recipe == api.check_recipe(recipe, 8)  # a valid recipe, as 'mix: best' reads it
+    assert recipe["layers"] in (res["best_layers"], res["best_layers_shaved_base"], [])
+    assert set(recipe["edits"]) <= {"has_beard", "shaved"} and set(recipe["edits"].values()) <= {2.0}
     assert 0 <= res["best_recipe_both_rate"] <= 1
     assert res["best_recipe_both_rate_selection"] >= res["best_both_rate_selection"]
+    # per base: its row sets x {0, 2}^2 edits, less the plain reconstruction
+    groups = api.load_model(tiny_model).layer_groups
+    n_sets = sum(len(bench.recipe_layer_sets(res[k], groups)) for k in ("best_layers", "best_layers_shaved_base"))
+    assert res["recipes_tried"] == n_sets * 4 - 2 and len(res["top_recipes"]) == 8
+    assert res["top_recipes"][0]["recipe"] == recipe and set(res["both_rate_shaved_base"]) == {"coarse", "middle"}
+    assert "recorded" not in res
     assert res["identity"]["coarse"]["to_beard"] >= 0 and res["identity_mode"] == "different"
     assert "inverted 2/2 pairs" in captured.err
 
@@ -107,7 +115,7 @@ class _FakeEvaluator:
         self.n = n
         self.calls = []
 
-    def mix(self, rows, idx):
+    def mix(self, rows, idx, base="beard"):
         self.calls.append(tuple(sorted(rows)))
         rows = set(rows)
         hit = 0.0
@@ -133,7 +141,7 @@ def test_layer_searches_find_the_best_set():
     assert rows == [1, 3] and rate == pytest.approx(0.7)
     # nothing beats taking no rows: greedy keeps the empty set
     class Flat(_FakeEvaluator):
-        def mix(self, rows, idx):
+        def mix(self, rows, idx, base="beard"):
             return np.zeros((len(idx), 4))
     assert bench.greedy(Flat(4), 6, list(range(4)))[0] == []
 
@@ -144,7 +152,7 @@ def test_greedy_takes_a_whole_group_when_no_single_row_helps():
     bench = _load("mixing")
 
     class Pair(_FakeEvaluator):
-        def mix(self, rows, idx):
+        def mix(self, rows, idx, base="beard"):
             arr = np.zeros((len(idx), 4))
             if {0, 1} <= set(rows):
                 arr[: len(idx) // 2, :2] = 1.0
@@ -155,6 +163,81 @@ def test_greedy_takes_a_whole_group_when_no_single_row_helps():
     rows, rate, trace = bench.greedy(Pair(10), 6, list(range(10)), groups)
     assert rows == [0, 1] and rate == pytest.approx(0.5)
     assert [t["rows"] for t in trace] == [[], [0, 1]]
+
+
+def test_recipe_search_order_and_ties():
+    """Recipes are ranked by selection rate, then identity distance to the farther face (per pair),
+    then smaller total strength, fewer rows, beard base."""
+    bench = _load("mixing")
+
+    class Grid:
+        def recipe(self, recipe, idx):
+            e = recipe["edits"]
+            if recipe["base"] == "shaved":  # a beard edit of 2 or more does it; rows do not matter
+                rate = 1.0 if e.get("has_beard", 0) >= 2 else 0.0
+            else:  # the beard base needs its rows and a shave of 2 or more
+                rate = 1.0 if recipe["layers"] and e.get("shaved", 0) >= 2 else 0.5 * bool(recipe["layers"])
+            arr = np.zeros((len(idx), 4))
+            arr[: int(rate * len(idx)), :2] = 1.0
+            arr[:, 2:4] = 2.0  # identity distance to each face: the farther one shrinks with taken rows
+            arr[:, 2 if recipe["base"] == "shaved" else 3] = 1.0 - 0.1 * len(recipe["layers"])
+            arr[0, 3 if recipe["base"] == "shaved" else 2] = 0.5  # (a near one never counts)
+            return arr
+
+    ranked = bench.recipe_search(Grid(), {"beard": [2], "shaved": [0, 1]}, ["has_beard", "shaved"], [1.0, 2.0],
+                                 list(range(4)))
+    assert len(ranked) == 2 * (3 * 3 - 1) + 2 * 3 * 3  # no groups: no rows or the searched rows
+    rate, best, id_other = ranked[0]
+    # rate 1 for 'shaved base has_beard@2' with or without rows 0 and 1, and 'beard base [2]
+    # shaved@2': the two taken rows keep more of the beard face (0.8 < 0.9 < 1.0)
+    assert rate == 1.0 and best == {"base": "shaved", "layers": [0, 1], "edits": {"has_beard": 2.0}}
+    assert id_other == pytest.approx((0.8 + 3 * 2.0) / 4)
+    assert ranked[1][1] == {"base": "shaved", "layers": [0, 1], "edits": {"has_beard": 2.0, "shaved": 1.0}}
+    assert [t[0] for t in ranked] == sorted((t[0] for t in ranked), reverse=True)
+    assert all(r["layers"] or r["edits"] for _, r, _ in ranked)  # never the plain reconstruction
+    # with layer groups: each group and each union of two are candidates too, once each
+    groups = {"coarse": [0, 1], "middle": [2, 3], "fine": [4]}
+    assert bench.recipe_layer_sets([0, 1], groups) == [[], [0, 1], [2, 3], [4], [0, 1, 2, 3], [0, 1, 4], [2, 3, 4]]
+    ranked = bench.recipe_search(Grid(), {"beard": [2], "shaved": [0, 1]}, ["has_beard"], [2.0], [0, 1], groups)
+    assert len(ranked) == (1 + 7 * 2) + (1 + 6 * 2)
+
+
+def test_bench_mixing_record(tiny_model, tmp_path, monkeypatch, capsys):
+    """--record writes best_recipe into the registered model's MANIFEST record ('mix: best' reads it);
+    a model without a record is a clear error (exit 1) and the MANIFEST is left as it was."""
+    import shutil
+
+    bench = _load("mixing")
+    folder = tmp_path / "pretrained"
+    folder.mkdir()
+    shutil.copy(tiny_model, folder / "tinybench.safetensors")
+    path = folder / "tinybench.safetensors"
+    other = {"name": "other", "path": "other.safetensors", "kind": "other", "sha256": "0" * 64}
+    record = {"name": "tinybench", "path": path.name, "kind": "generator", "resolution": 32,
+              "sha256": pretrained.sha256_file(path), "size": path.stat().st_size, "description": "tiny"}
+    (folder / "MANIFEST.json").write_text(json.dumps({"models": [other, record]}))
+    monkeypatch.setattr(pretrained, "PRETRAINED_DIR", folder)
+    args = ["--pairs", "2", "--quality", "fast", "--strengths", "2", "--threads", "1", "--record"]
+    try:
+        assert bench.main(["--model", "tinybench"] + args) == 0
+        res = _last_json(capsys.readouterr().out)
+        data = json.loads((folder / "MANIFEST.json").read_text())
+        assert [m["name"] for m in data["models"]] == ["other", "tinybench"]
+        rec = data["models"][1]
+        assert rec["best_recipe"] == res["best_recipe"] and rec["sha256"] == record["sha256"]
+        assert rec["best_recipe_measured"]["both_rate"] == res["best_recipe_both_rate"]
+        assert rec["best_recipe_measured"]["pairs"] == 2 and "--record" in rec["best_recipe_measured"]["command"]
+        assert res["recorded"] == str(folder / "MANIFEST.json")
+        assert api.load_model("tinybench").best_recipe == res["best_recipe"]
+        before = (folder / "MANIFEST.json").read_text()
+        for model in (str(path), "other", "nobody"):  # a path, a record that is no generator, no record
+            assert bench.main(["--model", model] + args) == 1
+            err = capsys.readouterr().err
+            assert "--record needs the name of a generator" in err and "inverted" not in err  # fails before the work
+        assert (folder / "MANIFEST.json").read_text() == before
+    finally:
+        monkeypatch.undo()
+        pretrained.list_models()
 
 
 def test_bench_train_smoke_and_bf16_compare(capsys):
