@@ -215,15 +215,16 @@ def test_bench_mixing_record(tiny_model, tmp_path, monkeypatch, capsys):
     other = {"name": "other", "path": "other.safetensors", "kind": "other", "sha256": "0" * 64}
     record = {"name": "tinybench", "path": path.name, "kind": "generator", "resolution": 32,
               "sha256": pretrained.sha256_file(path), "size": path.stat().st_size, "description": "tiny"}
-    (folder / "MANIFEST.json").write_text(json.dumps({"models": [other, record]}))
+    (folder / "MANIFEST.json").write_text(json.dumps({"models": [record, other], "note": "kept"}))
     monkeypatch.setattr(pretrained, "PRETRAINED_DIR", folder)
     args = ["--pairs", "2", "--quality", "fast", "--strengths", "2", "--threads", "1", "--record"]
     try:
         assert bench.main(["--model", "tinybench"] + args) == 0
         res = _last_json(capsys.readouterr().out)
         data = json.loads((folder / "MANIFEST.json").read_text())
-        assert [m["name"] for m in data["models"]] == ["other", "tinybench"]
-        rec = data["models"][1]
+        assert [m["name"] for m in data["models"]] == ["tinybench", "other"] and data["note"] == "kept"
+        assert data["models"][1] == other  # in place; the rest untouched
+        rec = data["models"][0]
         assert rec["best_recipe"] == res["best_recipe"] and rec["sha256"] == record["sha256"]
         assert rec["best_recipe_measured"]["both_rate"] == res["best_recipe_both_rate"]
         assert rec["best_recipe_measured"]["pairs"] == 2 and "--record" in rec["best_recipe_measured"]["command"]

@@ -239,16 +239,16 @@ def test_quality_json_from_captured_stdout(tmp_path):
 def test_manifest_record_replaced_in_place(tmp_path):
     manifest = tmp_path / "MANIFEST.json"
     a = {"name": "a", "path": "a.safetensors", "sha256": "1" * 64}
-    m = {"name": "m", "path": "m.safetensors", "sha256": "2" * 64, "best_layers": [[0, 3]]}
+    m = {"name": "m", "path": "m.safetensors", "sha256": "2" * 64, "best_recipe": {"layers": [0, 3]}}
     z = {"name": "z", "path": "z.safetensors"}
     manifest.write_text(json.dumps({"models": [a, m, z], "note": "kept"}))
     assert ship_mod.update_manifest_record(manifest, {"name": "m", "path": "m.safetensors", "sha256": "2" * 64}) == []
     data = json.loads(manifest.read_text())
     assert [r["name"] for r in data["models"]] == ["a", "m", "z"] and data["note"] == "kept"
-    assert data["models"][1]["best_layers"] == [[0, 3]]  # same weights: other tools' keys survive
+    assert data["models"][1]["best_recipe"] == {"layers": [0, 3]}  # same weights: other tools' keys survive
     dropped = ship_mod.update_manifest_record(manifest, {"name": "m", "path": "m.safetensors", "sha256": "3" * 64})
     data = json.loads(manifest.read_text())
-    assert dropped == ["best_layers"] and "best_layers" not in data["models"][1]
+    assert dropped == ["best_recipe"] and "best_recipe" not in data["models"][1]
     assert data["models"][0] == a and data["models"][2] == z
     assert not list(tmp_path.glob("*.tmp*"))
 

@@ -43,8 +43,8 @@ __all__ = ["ship", "find_snapshot", "training_command", "training_time", "update
 DEFAULT_LICENCE = "same as the StyleMix repository; trained only on procedural synthfaces renders"
 # ours: network-snapshot-<kimg:06d>[.<img:03d>].safetensors; the official runs': .pkl
 SNAPSHOT_RE = re.compile(r"^network-snapshot-(\d{6,})(?:\.(\d{3}))?\.(?:safetensors|pkl|pt)$")
-# Keys this tool writes; other keys of an existing record (e.g. best_layers, added by
-# benchmarks/bench_mixing.py) survive a re-ship of the same weights only.
+# Keys this tool writes; other keys of an existing record (e.g. best_recipe, added by
+# benchmarks/bench_mixing.py --record) survive a re-ship of the same weights only.
 RECORD_KEYS = ("name", "path", "sha256", "size", "resolution", "kind", "aligned_domain", "description", "licence",
                "source_page", "made_by", "interim", "kimg", "snapshot", "run", "training_time_s", "training_time_h",
                "ticks", "resumes", "resumed_by", "kimg_by_conv_dtype", "hardware", "quality", "train_data", "date")
