@@ -80,7 +80,7 @@ def main(argv=None) -> int:
 
     if args.cpu_bf16 != "off" and not bf16_supported():
         print("--cpu-bf16: this CPU has no native bfloat16 support (AVX512-BF16 or AMX)", file=sys.stderr)
-        return 2
+        return 1
 
     lite = cfg_specs["lite"]
     cbase = args.cbase or lite["cbase"]

@@ -271,13 +271,13 @@ def test_cli_is_atomic(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
     calls.clear()
     monkeypatch.setattr(sf, "_render_chunk", lambda job: (_ for _ in ()).throw(OSError("disk full")))
-    assert sf.main(["--out", str(out), "--n", "5", "--res", "16", "--split", "--quiet"]) == 2
+    assert sf.main(["--out", str(out), "--n", "5", "--res", "16", "--split", "--quiet"]) == 1
     assert os.listdir(tmp_path) == []
 
 
 def test_cli_errors(tmp_path, capsys):
-    assert sf.main(["--out", str(tmp_path / "x.tar"), "--n", "3"]) == 2
+    assert sf.main(["--out", str(tmp_path / "x.tar"), "--n", "3"]) == 1
     assert "zip" in capsys.readouterr().err
-    assert sf.main(["--out", str(tmp_path / "x.zip"), "--n", "3", "--both-share", "1.5"]) == 2
+    assert sf.main(["--out", str(tmp_path / "x.zip"), "--n", "3", "--both-share", "1.5"]) == 1
     assert "both-share" in capsys.readouterr().err
-    assert sf.main(["--out", str(tmp_path / "nodir" / "x.zip"), "--n", "3"]) == 2
+    assert sf.main(["--out", str(tmp_path / "nodir" / "x.zip"), "--n", "3"]) == 1

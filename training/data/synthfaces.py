@@ -1636,7 +1636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 1
     for p in paths:
         print(p)
     return 0

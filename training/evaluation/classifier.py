@@ -618,7 +618,7 @@ def main(argv=None) -> int:
         return 130
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 1
 
 
 if __name__ == "__main__":
