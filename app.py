@@ -325,8 +325,7 @@ def mix_view(model, key: str, latents: dict, settings: dict) -> None:
     st.subheader("Mixed face")
     left, right = st.columns([2, 1])
     with left:
-        show(image, f"{ui.SLOT_TITLES[base]} + {ui.describe_layers(layers, model.layer_labels)} "
-                    f"from the {ui.SLOT_TITLES[other]}", 384)
+        show(image, ui.mix_caption(base, layers, model.layer_labels, settings["edits"]), 384)
     with right:
         if scores:
             st.metric("P(beard)", f"{scores.get('has_beard', float('nan')):.2f}")

@@ -159,6 +159,22 @@ def edit_limit(edits: dict | None = None) -> float:
     return max(EDIT_LIMIT, float(math.ceil(need)))
 
 
+MIX_CAPTION_PREFIX = "Result: "  # the mixed face's caption starts with this (the browser script finds it by it)
+
+
+def mix_caption(base: str, layers: Sequence[int], labels: Sequence[str], edits: dict | None = None) -> str:
+    """The mixed face's caption: which reference is the base, the layers taken from the other one
+    and the edits applied, e.g. 'Result: shaved-head reference + add beard +2.00'."""
+    other = [s for s in SLOTS if s != base][0]
+    text = MIX_CAPTION_PREFIX + SLOT_TITLES[base]
+    if layers:
+        text += f" with {describe_layers(layers, labels)} from the {SLOT_TITLES[other]}"
+    for attr, strength in (edits or {}).items():
+        if strength:
+            text += f" + {MAIN_EDITS.get(attr, attr.replace('_', ' '))} {float(strength):+.2f}"
+    return text
+
+
 def describe_layers(layers: Sequence[int], labels: Sequence[str]) -> str:
     if not layers:
         return "no layers (the base face, edits only)"

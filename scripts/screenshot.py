@@ -32,7 +32,7 @@ CHROMIUM = os.environ.get("STYLEMIX_CHROMIUM", "/usr/bin/chromium")  # Debian's 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run", "--disable-dev-shm-usage"]
 MIXED = '[data-testid="stImage"]'
-MIXED_CAPTION = "from the shaved-head reference"  # the mixed face's caption ends with this
+MIXED_CAPTION = "Result: "  # the mixed face's caption starts with this (app_ui.MIX_CAPTION_PREFIX)
 
 
 def free_port() -> int:
@@ -153,10 +153,15 @@ def drive(url: str, beard: Path, shaved: Path, out: Path, *, timeout: float = 24
             t_mix = time.monotonic() - t0
             sidebar = page.locator('[data-testid="stSidebar"]')
             t1 = time.monotonic()
-            sidebar.get_by_text(preset, exact=True).first.click()
+            # the preset radio only: 'best' is also an inversion quality
+            presets = sidebar.locator('[data-testid="stRadio"]').filter(has_text="Layers from the other face")
+            presets.get_by_text(preset, exact=True).first.click()
             second = _wait_for(lambda: (lambda s: s if s and s != first else None)(_mixed_src(page)),
                                timeout, f"the mixed face to change after choosing '{preset}'", page)
             t_change = time.monotonic() - t1
+            chosen = presets.locator("label:has(input:checked)").inner_text().strip()
+            if chosen != preset:
+                raise RuntimeError(f"the layer preset shows {chosen!r} after clicking {preset!r}")
             # let the layer strip and the metrics finish drawing before the picture is taken
             _wait_for(lambda: page.locator('[data-testid="stStatusWidget"]').count() == 0 or
                       not page.locator('[data-testid="stStatusWidget"]').is_visible(), 60, "the run to end")

@@ -457,6 +457,12 @@ def test_presets():
     assert ui.preset_of([9, 8, 7], groups) == "fine"
     assert ui.preset_of([0, 9], groups) == "custom"
     assert ui.describe_layers([], ["a"]).startswith("no layers")
+    labels = ["layer 0 · 4 px", "layer 1 · 8 px"]
+    assert ui.mix_caption("beard", [1], labels) == "Result: beard reference with layer 1 · 8 px from the shaved-head reference"
+    assert ui.mix_caption("shaved", [], labels, {"has_beard": 2, "shaved": 0, "smile": -1}) == \
+        "Result: shaved-head reference + add beard +2.00 + smile -1.00"
+    shot = (Path(__file__).resolve().parents[1] / "scripts" / "screenshot.py").read_text(encoding="utf-8")
+    assert f'MIXED_CAPTION = "{ui.MIX_CAPTION_PREFIX}"' in shot  # the browser script finds the result by it
 
 
 def test_result_cache_computes_once_and_serialises():
