@@ -145,10 +145,11 @@ def preset_layers(preset: str, groups: dict[str, list[int]], num_ws: int) -> lis
 
 
 def preset_of(layers: Iterable[int], groups: dict[str, list[int]]) -> str:
-    """The preset whose rows are exactly `layers`, else 'custom'."""
+    """The preset whose rows are exactly `layers`, else 'custom' (never a rowless 'best': that
+    recipe is its edits, which unticking every layer does not apply)."""
     chosen = sorted(set(layers))
     for name in presets_for(groups)[:-1]:
-        if sorted(groups[name]) == chosen:
+        if sorted(groups[name]) == chosen and chosen:
             return name
     return "custom"
 

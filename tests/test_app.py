@@ -450,6 +450,8 @@ def test_presets():
     groups = {"coarse": [0, 1, 2], "middle": [3, 4, 5, 6], "fine": [7, 8, 9]}
     assert ui.presets_for(groups) == ["coarse", "middle", "fine", "custom"]
     assert ui.presets_for({**groups, "best": [2, 5]}) == ["coarse", "middle", "fine", "best", "custom"]
+    assert ui.presets_for({**groups, "best": []}) == ["coarse", "middle", "fine", "best", "custom"]
+    assert ui.preset_of([], {**groups, "best": []}) == "custom"
     assert ui.preset_layers("middle", groups, 10) == [3, 4, 5, 6]
     assert ui.preset_layers("custom", groups, 10) == []
     with pytest.raises(ValueError, match="'huge'"):
