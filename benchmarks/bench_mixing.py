@@ -247,33 +247,30 @@ def recipe_label(recipe: dict) -> str:
     return f"{recipe['base']} base {recipe['layers']}" + (f" {edits}" if edits else "")
 
 
-def manifest_record(name: str) -> tuple[Path, dict, int]:
-    """(pretrained/MANIFEST.json, its parsed content, the index of generator `name`'s record);
-    ValueError when there is no such record."""
+def manifest_record(name: str) -> tuple[Path, dict]:
+    """(pretrained/MANIFEST.json, the record of generator `name` in it); ValueError when there is none."""
     from stylemix import pretrained
 
     manifest = pretrained.PRETRAINED_DIR / pretrained.MANIFEST_NAME
     data = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {"models": []}
-    if isinstance(data, list):
-        data = {"models": data}
-    for i, record in enumerate(data.get("models", [])):
+    for record in (data.get("models", []) if isinstance(data, dict) else data):
         if isinstance(record, dict) and record.get("name") == name \
                 and record.get("kind", "generator") in ("generator", "networks"):
-            return manifest, data, i
+            return manifest, record
     raise ValueError(f"--record needs the name of a generator registered in {manifest} (not a path), "
                      f"got {name!r}; register it with python -m training.stylegan2.ship")
 
 
 def record_recipe(name: str, num_ws: int, recipe: dict, measured: dict) -> str:
     """Write `recipe` as the MANIFEST best_recipe of the registered generator `name` (with
-    `measured` beside it as best_recipe_measured), in place and atomically; returns the path."""
+    `measured` beside it as best_recipe_measured), in place and atomically
+    (training.stylegan2.ship.update_manifest_record); returns the path."""
     from stylemix import pretrained
-    from stylemix.fileio import atomic_write_text
+    from training.stylegan2.ship import update_manifest_record
 
-    manifest, data, i = manifest_record(name)
-    data["models"][i] = {**data["models"][i], "best_recipe": api.check_recipe(recipe, num_ws),
-                         "best_recipe_measured": measured}
-    atomic_write_text(manifest, json.dumps(data, indent=2) + "\n")
+    manifest, record = manifest_record(name)
+    update_manifest_record(manifest, {**record, "best_recipe": api.check_recipe(recipe, num_ws),
+                                      "best_recipe_measured": measured})
     pretrained.list_models()  # re-read the registry
     return str(manifest)
 

@@ -212,18 +212,24 @@ def test_bench_mixing_record(tiny_model, tmp_path, monkeypatch, capsys):
     folder.mkdir()
     shutil.copy(tiny_model, folder / "tinybench.safetensors")
     path = folder / "tinybench.safetensors"
-    other = {"name": "other", "path": "other.safetensors", "kind": "other", "sha256": "0" * 64}
+    other = {"name": "other", "path": "other.safetensors", "kind": "other", "sha256": "0" * 64,
+             "description": "Fréchet features"}
     record = {"name": "tinybench", "path": path.name, "kind": "generator", "resolution": 32,
               "sha256": pretrained.sha256_file(path), "size": path.stat().st_size, "description": "tiny"}
-    (folder / "MANIFEST.json").write_text(json.dumps({"models": [record, other], "note": "kept"}))
+    # the bundled classifier, which scoring and the perceptual distance load by name
+    real = json.loads((pretrained.PRETRAINED_DIR / pretrained.MANIFEST_NAME).read_text(encoding="utf-8"))
+    clf = next(m for m in real["models"] if m["name"] == "synthfaces64-classifier")
+    shutil.copy(pretrained.PRETRAINED_DIR / clf["path"], folder / clf["path"])
+    (folder / "MANIFEST.json").write_text(json.dumps({"models": [record, other, clf], "note": "kept"}))
     monkeypatch.setattr(pretrained, "PRETRAINED_DIR", folder)
     args = ["--pairs", "2", "--quality", "fast", "--strengths", "2", "--threads", "1", "--record"]
     try:
         assert bench.main(["--model", "tinybench"] + args) == 0
         res = _last_json(capsys.readouterr().out)
         data = json.loads((folder / "MANIFEST.json").read_text())
-        assert [m["name"] for m in data["models"]] == ["tinybench", "other"] and data["note"] == "kept"
-        assert data["models"][1] == other  # in place; the rest untouched
+        assert [m["name"] for m in data["models"]] == ["tinybench", "other", "synthfaces64-classifier"]
+        assert data["models"][1:] == [other, clf] and data["note"] == "kept"  # in place; the rest untouched
+        assert "Fréchet" in (folder / "MANIFEST.json").read_text(encoding="utf-8")  # as written, not \u-escaped
         rec = data["models"][0]
         assert rec["best_recipe"] == res["best_recipe"] and rec["sha256"] == record["sha256"]
         assert rec["best_recipe_measured"]["both_rate"] == res["best_recipe_both_rate"]

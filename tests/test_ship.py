@@ -246,6 +246,9 @@ def test_manifest_record_replaced_in_place(tmp_path):
     data = json.loads(manifest.read_text())
     assert [r["name"] for r in data["models"]] == ["a", "m", "z"] and data["note"] == "kept"
     assert data["models"][1]["best_recipe"] == {"layers": [0, 3]}  # same weights: other tools' keys survive
+    ship_mod.update_manifest_record(manifest, {**data["models"][1], "best_recipe": {"layers": [1]}})
+    data = json.loads(manifest.read_text())
+    assert data["models"][1]["best_recipe"] == {"layers": [1]}  # ... unless the new record sets them
     dropped = ship_mod.update_manifest_record(manifest, {"name": "m", "path": "m.safetensors", "sha256": "3" * 64})
     data = json.loads(manifest.read_text())
     assert dropped == ["best_recipe"] and "best_recipe" not in data["models"][1]

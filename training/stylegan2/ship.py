@@ -346,8 +346,9 @@ def hardware() -> str:
 
 def update_manifest_record(manifest, record: dict) -> list[str]:
     """Put `record` into manifest['models'] atomically: in place of the record of the same name
-    (keeping its position), else at the end. Every other record is kept byte-for-byte in value.
-    Returns the keys of the old record that were dropped."""
+    (keeping its position), else at the end. Keys of the old record outside RECORD_KEYS (other
+    tools' additions) are kept when the sha256 is the same and `record` does not set them, dropped
+    otherwise. Every other record is kept byte-for-byte in value. Returns the keys dropped."""
     from stylemix.fileio import atomic_write_text
 
     manifest = Path(manifest)
@@ -363,8 +364,8 @@ def update_manifest_record(manifest, record: dict) -> list[str]:
     for i, old in enumerate(models):
         if isinstance(old, dict) and old.get("name") == record["name"]:
             extra = {k: v for k, v in old.items() if k not in RECORD_KEYS}
-            if old.get("sha256") == record.get("sha256"):
-                record = {**record, **extra}  # same weights: keep what other tools added
+            if old.get("sha256") == record.get("sha256"):  # same weights: keep what other tools added,
+                record = {**record, **{k: v for k, v in extra.items() if k not in record}}  # unless given anew
             else:
                 dropped = sorted(extra)
             models[i] = record
