@@ -916,11 +916,15 @@ def check_recipe(recipe, num_ws: int) -> dict:
     return {"base": base, "layers": sorted(set(layers)), "edits": edits}
 
 
+def _usable_edits(model: Model, edits: dict) -> dict:
+    """The entries of `edits` that the model has a direction for."""
+    have = set(getattr(model, "directions", None) or []) if getattr(model, "_directions", None) else set()
+    return {a: s for a, s in edits.items() if a in have}
+
+
 def best_edits(model: Model) -> dict:
     """The edits of the model's 'mix: best' recipe that it has directions for ({} when none)."""
-    recipe = getattr(model, "best_recipe", None) or {}
-    have = set(getattr(model, "directions", None) or []) if getattr(model, "_directions", None) else set()
-    return {a: s for a, s in recipe.get("edits", {}).items() if a in have}
+    return _usable_edits(model, (getattr(model, "best_recipe", None) or {}).get("edits", {}))
 
 
 def mix_recipe(model: Model, ws_beard, ws_shaved, recipe: dict) -> np.ndarray:
@@ -933,7 +937,7 @@ def mix_recipe(model: Model, ws_beard, ws_shaved, recipe: dict) -> np.ndarray:
     pair = (_ws_array(model, ws_beard, "ws_beard"), _ws_array(model, ws_shaved, "ws_shaved"))
     base, other = pair if recipe["base"] == "beard" else pair[::-1]
     ws = mix(model, base, other, recipe["layers"]) if recipe["layers"] else base.copy()
-    edits = best_edits(dataclasses.replace(model, best_recipe=recipe))
+    edits = _usable_edits(model, recipe["edits"])
     for attr in [a for a in RECIPE_EDITS if a in edits] + sorted(a for a in edits if a not in RECIPE_EDITS):
         ws = edit(model, ws, {attr: edits[attr]})
     return ws
