@@ -146,7 +146,7 @@ def settings_sidebar(model) -> dict:
     sb.header("Mixing")
     out["base"] = sb.radio("Base face", ui.SLOTS, key="base", format_func=lambda s: ui.SLOT_TITLES[s],
                            help="The face whose unchecked layers are kept.")
-    other = ui.SLOT_TITLES[[s for s in ui.SLOTS if s != out["base"]][0]]
+    other = ui.SLOT_TITLES[ui.other_slot(out["base"])]
     groups = {k: list(v) for k, v in model.layer_groups.items()}
     directions = list(getattr(model, "directions", None) or [])
     best = None
@@ -300,7 +300,7 @@ def score(model, image) -> dict | None:
 
 def mix_view(model, key: str, latents: dict, settings: dict) -> None:
     base = settings["base"]
-    other = [s for s in ui.SLOTS if s != base][0]
+    other = ui.other_slot(base)
     ws_base, ws_other = latents[base].ws, latents[other].ws
     layers = settings["layers"]
     rkey = (key, ui.latent_key(ws_base), ui.latent_key(ws_other), tuple(layers), settings["truncation"],

@@ -32,6 +32,11 @@ MAIN_EDITS = {"has_beard": "add beard", "shaved": "shave head"}
 EDIT_LIMIT = 5.0  # edit sliders span -EDIT_LIMIT..EDIT_LIMIT standard deviations (more when a recipe needs it)
 
 
+def other_slot(slot: str) -> str:
+    """The slot that is not `slot` ('beard' <-> 'shaved')."""
+    return SLOTS[1 - SLOTS.index(slot)]
+
+
 # ----------------------------------------------------------------------------------------------
 # Models
 
@@ -166,7 +171,7 @@ MIX_CAPTION_PREFIX = "Result: "  # the mixed face's caption starts with this (th
 def mix_caption(base: str, layers: Sequence[int], labels: Sequence[str], edits: dict | None = None) -> str:
     """The mixed face's caption: which reference is the base, the layers taken from the other one
     and the edits applied, e.g. 'Result: shaved-head reference + add beard +2.00'."""
-    other = [s for s in SLOTS if s != base][0]
+    other = other_slot(base)
     text = MIX_CAPTION_PREFIX + SLOT_TITLES[base]
     if layers:
         text += f" with {describe_layers(layers, labels)} from the {SLOT_TITLES[other]}"
