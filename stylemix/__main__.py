@@ -411,8 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--ws", required=True, help="a .npz latent or a photo (inverted first)")
     ed.add_argument("--attr", action="append", required=True, metavar="NAME=STRENGTH",
                     help="attribute and strength in standard deviations, e.g. shaved=2 (repeatable)")
-    ed.add_argument("--method", default=None, choices=["interfacegan", "mean_diff"],
-                    help="direction method (default: interfacegan where the model has it, else mean_diff)")
+    ed.add_argument("--method", default=None, choices=["conditional", "interfacegan", "mean_diff"],
+                    help="direction method (default: conditional where the model has it and it is not much "
+                         "weaker than interfacegan, else interfacegan, else mean_diff)")
     ed.add_argument("--layers", default=None, help="edit only these groups/rows (default: all)")
     ed.add_argument("--out", required=True, help="output folder (created if missing)")
     _add_inversion_options(ed, projector=False)

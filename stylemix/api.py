@@ -682,8 +682,9 @@ def _directions_help(model: Model) -> str:
 def edit(model: Model, ws, edits: dict, *, method: str | None = None, layers=None) -> np.ndarray:
     """Move a latent along attribute directions: edits = {attribute: strength} (strength in
     standard deviations of w along the direction; + adds the attribute, - removes it).
-    method: 'interfacegan' / 'mean_diff'; None = per attribute, 'interfacegan' when the model has
-    it, else its other one. layers: None = all rows, else groups / rows as in mix.
+    method: 'conditional' / 'interfacegan' / 'mean_diff' (stylemix.editing); None = per attribute,
+    'conditional' when the model has it and it is not much weaker than 'interfacegan' (see
+    CONDITIONAL_MIN_EFFECT), else 'interfacegan', else its other one. layers: None = all rows, else groups / rows as in mix.
     -> float32 [num_ws, w_dim]."""
     from . import editing
 
@@ -876,11 +877,29 @@ for _g, _res in (("coarse", "4-8 px"), ("middle", "16-32 px"), ("fine", "64 px a
 
 RECIPE_EDITS = ("has_beard", "shaved")  # the attributes a recipe's edits move, in this order
 RECIPE_BASES = ("beard", "shaved")
+# api.edit's default direction method: 'conditional' leaves the other attributes' linear logits
+# unchanged (adding a beard does not grow hair back), unless the projection took most of the edit
+# away: its measured own effect at +2 (Direction.effects) below this share of plain 'interfacegan's
+# (an attribute the generator entangles with the others, e.g. glasses with beards) -> 'interfacegan'.
+CONDITIONAL_MIN_EFFECT = 0.5
+
+
+def _own_effect(direction) -> float | None:
+    """The measured mean change of the direction's own attribute at strength +2, if recorded."""
+    value = ((getattr(direction, "effects", None) or {}).get("+2") or {}).get(direction.attribute)
+    return float(value) if isinstance(value, numbers.Real) and math.isfinite(value) else None
 
 
 def _direction_method(model: Model, attr: str) -> str:
-    """The method to edit `attr` with: 'interfacegan' when the model has it, else its first one."""
-    if (attr, "interfacegan") in model._directions:
+    """The method to edit `attr` with: 'conditional' when the model has it and it keeps at least
+    CONDITIONAL_MIN_EFFECT of the 'interfacegan' direction's measured own effect (or either effect
+    was not measured); else 'interfacegan' when the model has it; else its first method by name."""
+    cond, ifg = model._directions.get((attr, "conditional")), model._directions.get((attr, "interfacegan"))
+    if cond is not None:
+        mine, plain = _own_effect(cond), _own_effect(ifg) if ifg is not None else None
+        if mine is None or plain is None or mine >= CONDITIONAL_MIN_EFFECT * plain:
+            return "conditional"
+    if ifg is not None:
         return "interfacegan"
     return sorted(m for a, m in model._directions if a == attr)[0]
 

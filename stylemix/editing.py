@@ -15,7 +15,14 @@ by `classifier.predict(images)` (any object with that method returning {attribut
   taken in W instead of Z);
 - 'interfacegan': the normal of the decision boundary of an L2-regularised logistic regression on
   w (features standardised per dimension for the fit, L-BFGS in float64; the normal is mapped back
-  to raw W coordinates, i.e. the gradient of the logit w.r.t. w).
+  to raw W coordinates, i.e. the gradient of the logit w.r.t. w);
+- 'conditional': InterFaceGAN's conditional manipulation: the attribute's 'interfacegan' normal
+  with the 'interfacegan' normals of every other attribute of the same computation projected out
+  (projected onto the orthogonal complement of their span), so that moving along it leaves the
+  other attributes' linear logits unchanged (adding a beard should not grow hair back). With a
+  single attribute it equals 'interfacegan'. Its held-out accuracy thresholds the projection
+  half-way between the projected class means (the normal fitted on the training split, the other
+  attributes' normals on all samples: they are conditions, not fits of this label).
 
 Every vector is stored unit-norm and oriented towards the attribute; `scale` is the standard
 deviation of w . vector over the samples, so `edit(..., strength=1.0)` moves a latent by one
@@ -55,7 +62,7 @@ __all__ = ["Direction", "DirectionSet", "METHODS", "DEFAULT_ATTRIBUTES", "FORMAT
 
 FORMAT = "stylemix.directions"
 FORMAT_VERSION = 1
-METHODS = ("mean_diff", "interfacegan")
+METHODS = ("mean_diff", "interfacegan", "conditional")
 DEFAULT_ATTRIBUTES = ("has_beard", "shaved", "glasses", "smile")
 DIRECTIONS_SUFFIX = "-directions"  # registry name of a model's directions: '<model>-directions'
 THRESHOLD = 0.5                    # probability at and above which a sample counts as positive
@@ -376,6 +383,33 @@ def _fit(method: str, w: np.ndarray, y: np.ndarray, *, l2: float, max_iter: int)
     return normal / norm, (lambda x: x.astype(np.float64) @ normal + intercept >= 0)
 
 
+def _direction(attribute: str, method: str, vector: np.ndarray, w64: np.ndarray, pred: np.ndarray,
+               truth: np.ndarray, n: int, pos: int) -> "Direction":
+    """A Direction from its unit vector, the samples (for `scale`) and the held-out predictions."""
+    scale = float(np.std(w64 @ vector))
+    if not scale > 0:
+        raise ValueError(f"{attribute!r}/{method}: the samples do not vary along the direction")
+    accuracy = float((pred == truth).mean())
+    balanced = float(0.5 * (pred[truth].mean() + (~pred[~truth]).mean()))
+    return Direction(attribute=attribute, method=method, vector=vector, scale=scale,
+                     accuracy=accuracy, balanced_accuracy=balanced, n=n, positives=pos)
+
+
+def _condition(vector: np.ndarray, others: list, attribute: str) -> np.ndarray:
+    """`vector` with its components along the span of `others` removed, unit norm."""
+    v = np.asarray(vector, dtype=np.float64)
+    if others:
+        basis = np.stack(others).T.astype(np.float64)
+        u, sv, _ = np.linalg.svd(basis, full_matrices=False)
+        u = u[:, sv > 1e-8 * sv.max()]
+        v = v - u @ (u.T @ v)
+    norm = float(np.linalg.norm(v))
+    if not norm > 1e-6:
+        raise ValueError(f"{attribute!r}/conditional: its normal lies in the span of the other attributes' "
+                         f"normals, nothing is left to move along")
+    return v / norm
+
+
 def directions_from_labels(w, labels: Mapping[str, np.ndarray], *, methods=METHODS, seed: int = 0,
                            min_count: int = 20, skip_rare: bool = False, holdout: float = 0.2,
                            l2: float = 1e-3, max_iter: int = 300, meta: dict | None = None) -> DirectionSet:
@@ -386,7 +420,9 @@ def directions_from_labels(w, labels: Mapping[str, np.ndarray], *, methods=METHO
     ValueError naming the counts, or, with `skip_rare`, is left out with a warning (the counts go
     into `.meta['skipped']`). `holdout`: share of each class held out for `accuracy`; `l2`: the
     logistic regression's penalty (0.5 * l2 * |beta|^2 on standardised features, added to the
-    mean log-loss); `max_iter`: its L-BFGS iterations.
+    mean log-loss); `max_iter`: its L-BFGS iterations. 'conditional' is taken against the other
+    attributes kept here (listed in `.meta['conditional_on']`); it fits their 'interfacegan'
+    normals even when that method is not asked for.
     """
     if isinstance(w, torch.Tensor):
         w = w.detach().cpu().numpy()
@@ -404,6 +440,7 @@ def directions_from_labels(w, labels: Mapping[str, np.ndarray], *, methods=METHO
     n = w.shape[0]
     out = DirectionSet(meta=meta)
     skipped = {}
+    kept = {}  # attribute -> (labels, positives, train, test)
     for attribute, lab in labels.items():
         lab = np.asarray(lab).reshape(-1)
         if lab.shape[0] != n:
@@ -419,19 +456,35 @@ def directions_from_labels(w, labels: Mapping[str, np.ndarray], *, methods=METHO
             warnings.warn(msg + ": skipped", stacklevel=2)
             skipped[attribute] = {"positives": pos, "negatives": neg, "n": n}
             continue
-        train, test = _split(y, holdout=holdout, seed=seed)
-        for method in methods:
-            _, decide = _fit(method, w[train], y[train], l2=l2, max_iter=max_iter)
+        kept[attribute] = (y, pos, *_split(y, holdout=holdout, seed=seed))
+    w64 = w.astype(np.float64)
+    found = {}    # (attribute, method) -> Direction
+    normals = {}  # attribute -> (interfacegan unit normal on all samples, on the training split)
+    for attribute, (y, pos, train, test) in kept.items():
+        fit_methods = [m for m in methods if m != "conditional"]
+        if "conditional" in methods and "interfacegan" not in fit_methods:
+            fit_methods.append("interfacegan")  # the conditional direction is built from the normals
+        for method in fit_methods:
+            train_vector, decide = _fit(method, w[train], y[train], l2=l2, max_iter=max_iter)
             pred = decide(w[test])
             truth = y[test]
-            accuracy = float((pred == truth).mean())
-            balanced = float(0.5 * (pred[truth].mean() + (~pred[~truth]).mean()))
             vector, _ = _fit(method, w, y, l2=l2, max_iter=max_iter)
-            scale = float(np.std(w.astype(np.float64) @ vector))
-            if not scale > 0:
-                raise ValueError(f"{attribute!r}/{method}: the samples do not vary along the direction")
-            out[attribute, method] = Direction(attribute=attribute, method=method, vector=vector, scale=scale,
-                                               accuracy=accuracy, balanced_accuracy=balanced, n=n, positives=pos)
+            if method == "interfacegan":
+                normals[attribute] = (vector, train_vector)
+            if method in methods:
+                found[attribute, method] = _direction(attribute, method, vector, w64, pred, truth, n, pos)
+    if "conditional" in methods:
+        for attribute, (y, pos, train, test) in kept.items():
+            others = [normals[o][0] for o in kept if o != attribute]
+            full, on_train = (_condition(v, others, attribute) for v in normals[attribute])
+            proj = w64 @ on_train
+            thr = 0.5 * (proj[train][y[train]].mean() + proj[train][~y[train]].mean())
+            found[attribute, "conditional"] = _direction(attribute, "conditional", full, w64, proj[test] >= thr,
+                                                         y[test], n, pos)
+        out.meta["conditional_on"] = {a: [o for o in kept if o != a] for a in kept}
+    for attribute in kept:
+        for method in methods:
+            out[attribute, method] = found[attribute, method]
     if skipped:
         out.meta["skipped"] = skipped
     return out

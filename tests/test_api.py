@@ -15,6 +15,7 @@ from PIL import Image
 
 from stylemix import api, mixing, pretrained
 from stylemix.checkpoints import save_generator
+from stylemix.editing import Direction
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -590,8 +591,21 @@ def test_check_recipe():
 
 
 def test_edit_picks_the_method_per_attribute(full_model):
-    """method=None: interfacegan where the model has it, else its other method; a named method is used."""
+    """method=None: conditional, else interfacegan where the model has it, else its other method; a
+    named method is used."""
     a = _ws(full_model, 0)
+    cond = Direction("shaved", "conditional", np.random.default_rng(5).standard_normal(full_model.w_dim), scale=0.5)
+    with_cond = dataclasses.replace(full_model, _directions={**full_model._directions, ("shaved", "conditional"): cond})
+    assert np.array_equal(api.edit(with_cond, a, {"shaved": 1.0}),
+                          api.edit(with_cond, a, {"shaved": 1.0}, method="conditional"))
+    assert not np.array_equal(api.edit(with_cond, a, {"shaved": 1.0}), api.edit(full_model, a, {"shaved": 1.0}))
+    # a conditional direction that keeps less than half of interfacegan's measured own effect is passed over
+    ifg = dataclasses.replace(full_model._directions["shaved", "interfacegan"], effects={"+2": {"shaved": 0.4}})
+    for own, chosen in ((0.1, "interfacegan"), (0.25, "conditional")):
+        weak = dataclasses.replace(cond, effects={"+2": {"shaved": own, "has_beard": 0.0}})
+        m = dataclasses.replace(full_model, _directions={**full_model._directions, ("shaved", "interfacegan"): ifg,
+                                                         ("shaved", "conditional"): weak})
+        assert np.array_equal(api.edit(m, a, {"shaved": 1.0}), api.edit(m, a, {"shaved": 1.0}, method=chosen))
     assert np.array_equal(api.edit(full_model, a, {"shaved": 1.0}),
                           api.edit(full_model, a, {"shaved": 1.0}, method="interfacegan"))
     dirs = {k: v for k, v in full_model._directions.items() if not (k[0] == "shaved" and k[1] == "interfacegan")}

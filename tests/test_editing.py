@@ -108,7 +108,10 @@ def test_interfacegan_recovers_the_labelling_direction(linear_setup):
     calls = []
     dirs = compute_directions(G, clf, n=1500, attributes=("smile",), seed=3, batch=250,
                               progress=lambda done, total: calls.append((done, total)))
-    assert isinstance(dirs, DirectionSet) and set(dirs) == {("smile", "mean_diff"), ("smile", "interfacegan")}
+    assert isinstance(dirs, DirectionSet) and set(dirs) == {("smile", m) for m in editing.METHODS}
+    # a single attribute has nothing to be conditioned on: 'conditional' is its interfacegan normal
+    assert np.allclose(dirs["smile", "conditional"].vector, dirs["smile", "interfacegan"].vector, atol=1e-6)
+    assert dirs.meta["conditional_on"] == {"smile": []}
     assert calls[-1] == (1500, 1500) and len(calls) == 6
     ifg, md = dirs["smile", "interfacegan"], dirs["smile", "mean_diff"]
     assert _cos(ifg.vector, u) > 0.9
@@ -142,6 +145,33 @@ def test_interfacegan_maps_the_standardised_fit_back_to_w():
     probs = directions_from_labels(w, {"x": np.where(labels["x"], 0.8, 0.2)}, methods=("mean_diff",))
     assert np.allclose(probs["x", "mean_diff"].vector, directions_from_labels(
         w, labels, methods=("mean_diff",))["x", "mean_diff"].vector)
+
+
+def test_conditional_direction_leaves_the_other_attributes_logits_unchanged():
+    # Two correlated attributes (their true normals at ~60 degrees): moving along x's interfacegan
+    # normal also moves y's logit; moving along x's conditional direction does not.
+    rng = np.random.default_rng(4)
+    d = 16
+    w = rng.standard_normal((4000, d)) * np.linspace(0.5, 2.0, d)
+    u = np.zeros(d); u[0] = 1.0
+    v = np.zeros(d); v[0], v[1] = 0.6, 0.8
+    labels = {"x": w @ u > 0.2, "y": w @ v > -0.1, "z": w[:, 2] > 0}
+    dirs = directions_from_labels(w, labels, methods=("interfacegan", "conditional"), seed=0)
+    assert dirs.meta["conditional_on"] == {"x": ["y", "z"], "y": ["x", "z"], "z": ["x", "y"]}
+    cx, ix = dirs["x", "conditional"], dirs["x", "interfacegan"]
+    for other in ("y", "z"):
+        assert abs(float(cx.vector @ dirs[other, "interfacegan"].vector)) < 1e-5
+    assert abs(float(ix.vector @ dirs["y", "interfacegan"].vector)) > 0.3  # the plain normal is entangled
+    assert _cos(cx.vector, u) > 0.3                                         # and still adds x
+    assert cx.accuracy > 0.6 and cx.balanced_accuracy > 0.6 and cx.n == 4000
+    assert cx.scale == pytest.approx(float(np.std(w @ cx.vector.astype(np.float64))), rel=1e-4)
+    # only the conditional directions are returned when only they are asked for
+    only = directions_from_labels(w, labels, methods="conditional", seed=0)
+    assert set(only) == {(a, "conditional") for a in labels}
+    assert np.allclose(only["x", "conditional"].vector, cx.vector, atol=1e-6)
+    # an attribute whose normal is spanned by the others' has no conditional direction
+    with pytest.raises(ValueError, match="'x'/conditional: its normal lies in the span"):
+        directions_from_labels(w, {"x": labels["x"], "x2": labels["x"].copy()}, methods="conditional")
 
 
 def test_too_few_positives_is_an_error_naming_the_counts(linear_setup):

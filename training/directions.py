@@ -2,11 +2,12 @@
 
     python -m training.directions --model synthfaces64 [--out PATH] [--n 20000] [--seed 0] [--threads 2]
         [--classifier NAME] [--batch 32] [--effect-n 500] [--attributes has_beard shaved glasses smile]
-        [--methods mean_diff interfacegan] [--min-count 20] [--manifest NAME]
+        [--methods mean_diff interfacegan conditional] [--min-count 20] [--manifest NAME]
 
 1. `stylemix.editing.compute_directions`: --n samples of the generator, labelled by the attribute
    classifier (default: the model's own '<model>-classifier' when registered, else 'synthfaces64'),
-   directions by mean difference and by logistic regression (InterFaceGAN) in W. An attribute with
+   directions by mean difference, by logistic regression (InterFaceGAN) and InterFaceGAN's
+   conditional variant (the normal with the other attributes' normals projected out) in W. An attribute with
    fewer than --min-count positives or negatives is skipped with a note (and the run fails when
    none is left).
 2. `stylemix.editing.measure_effects`: on --effect-n fresh samples, each direction applied at
