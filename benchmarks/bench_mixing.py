@@ -47,6 +47,8 @@ Recipes (the app can mix and edit at once, with either face as the base): for ea
 taken from the other latent (none, its searched rows, each layer group, each union of two groups),
 then 'has_beard' and 'shaved' edits with every combination of strengths in {0} + `--strengths`
 (default 1,2,3,4; api.mix_recipe, which 'mix: best' runs). The best on the selection half is
+Recipes that make the same latent (the beard base taking rows R = the shaved base taking the
+other rows) are scored once, under the name with fewer rows (then the beard base).
 `best_recipe` {"base", "layers", "edits"}: the highest both-rate; among equals the one whose
 identity distance to the farther of the two faces is smallest (per pair, then the mean), since a
 composite should keep something of both faces; then the smaller total strength, fewer rows, the
@@ -218,14 +220,16 @@ def recipe_layer_sets(rows: list, groups: dict) -> list:
 
 
 def recipe_search(ev: Evaluator, rows_by_base: dict, edit_attrs: list, strengths: list, sel,
-                  groups: dict | None = None) -> list:
+                  groups: dict | None = None, num_ws: int | None = None) -> list:
     """Every recipe of the grid, scored on the selection pairs, best first: for each base, the row
     sets of recipe_layer_sets (its searched rows, none, the groups), times every combination of
-    strengths in {0} + `strengths` for each attribute of `edit_attrs` (the plain reconstruction
-    left out). Order: the selection both-rate; then the identity distance to the farther of the
-    two faces (per pair, then the mean: a composite should keep something of both); then the
-    smaller total strength, fewer rows, the beard base. -> [(rate, recipe, that identity distance)]"""
-    scored = []
+    strengths in {0} + `strengths` for each attribute of `edit_attrs` (the plain reconstructions
+    left out: no rows and no edits, or with `num_ws` all rows). With `num_ws`, recipes that make the same latent are scored once, under the name
+    the order below prefers (the beard base taking rows R is the shaved base taking the other
+    rows). Order: the selection both-rate; then the identity distance to the farther of the two
+    faces (per pair, then the mean: a composite should keep something of both); then the smaller
+    total strength, fewer rows, the beard base. -> [(rate, recipe, that identity distance)]"""
+    chosen: dict = {}  # what the latent is made of -> the recipe that names it
     for base, rows in rows_by_base.items():
         for layers in recipe_layer_sets(rows, groups or {}):
             for values in itertools.product([0.0] + strengths, repeat=len(edit_attrs)):
@@ -233,11 +237,22 @@ def recipe_search(ev: Evaluator, rows_by_base: dict, edit_attrs: list, strengths
                 if not layers and not edits:
                     continue
                 recipe = {"base": base, "layers": list(layers), "edits": edits}
-                arr = ev.recipe(recipe, sel)
-                id_far = float(arr[:, 2:4].max(axis=1).mean()) if len(arr) else 0.0
-                rate = both(arr)
-                scored.append(((-rate, round(id_far, 6), sum(abs(v) for v in edits.values()), len(layers),
-                                base != "beard"), rate, recipe, id_far))
+                key = (base, tuple(layers), tuple(edits.items()))
+                if num_ws is not None:  # the rows taken from the beard latent, then the edits
+                    beard_rows = set(layers) if base == "shaved" else set(range(num_ws)) - set(layers)
+                    if not edits and len(beard_rows) in (0, num_ws):
+                        continue  # all rows from one face: its plain reconstruction
+                    key = (tuple(sorted(beard_rows)), tuple(edits.items()))
+                old = chosen.get(key)
+                if old is None or (len(layers), base != "beard") < (len(old["layers"]), old["base"] != "beard"):
+                    chosen[key] = recipe
+    scored = []
+    for recipe in chosen.values():
+        arr = ev.recipe(recipe, sel)
+        id_far = float(arr[:, 2:4].max(axis=1).mean()) if len(arr) else 0.0
+        rate = both(arr)
+        scored.append(((-rate, round(id_far, 6), sum(abs(v) for v in recipe["edits"].values()),
+                        len(recipe["layers"]), recipe["base"] != "beard"), rate, recipe, id_far))
     scored.sort(key=lambda t: t[0])
     return [(rate, recipe, id_far) for _, rate, recipe, id_far in scored]
 
@@ -389,7 +404,7 @@ def main(argv=None) -> int:
     # Recipes: each base with its searched rows (or none), then has_beard / shaved edits from the
     # grid; chosen on the selection half, reported on the evaluation half.
     edit_attrs = [a for a in api.RECIPE_EDITS if a in model.directions] if model._directions else []
-    ranked = recipe_search(ev, rows_by_base, edit_attrs, strengths, sel, model.layer_groups)
+    ranked = recipe_search(ev, rows_by_base, edit_attrs, strengths, sel, model.layer_groups, model.num_ws)
     recipe_sel, recipe, _ = ranked[0]
     recipe_eval = summary(ev.recipe(recipe, evl))
     top = [{"recipe": r, "both_rate_selection": round(rate, 4), "identity_to_farther_selection": round(id_o, 4),

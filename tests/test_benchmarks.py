@@ -97,10 +97,15 @@ def test_bench_mixing_smoke(tiny_model, capsys):
     assert set(recipe["edits"]) <= {"has_beard", "shaved"} and set(recipe["edits"].values()) <= {2.0}
     assert 0 <= res["best_recipe_both_rate"] <= 1
     assert res["best_recipe_both_rate_selection"] >= res["best_both_rate_selection"]
-    # per base: its row sets x {0, 2}^2 edits, less the plain reconstruction
+    # per base: its row sets x {0, 2}^2 edits, less the plain reconstructions, each latent once (the
+    # beard base taking rows R is the shaved base taking the other rows)
     groups = api.load_model(tiny_model).layer_groups
-    n_sets = sum(len(bench.recipe_layer_sets(res[k], groups)) for k in ("best_layers", "best_layers_shaved_base"))
-    assert res["recipes_tried"] == n_sets * 4 - 2 and len(res["top_recipes"]) == 8
+    latents = {frozenset(set(range(8)) - set(rows)) for rows in bench.recipe_layer_sets(res["best_layers"], groups)}
+    latents |= {frozenset(rows) for rows in bench.recipe_layer_sets(res["best_layers_shaved_base"], groups)}
+    assert res["recipes_tried"] == len(latents) * 4 - 2 and len(res["top_recipes"]) == 8
+    tops = [(t["recipe"]["base"], tuple(t["recipe"]["layers"]), tuple(t["recipe"]["edits"].items()))
+            for t in res["top_recipes"]]
+    assert len(set(tops)) == 8
     assert res["top_recipes"][0]["recipe"] == recipe and set(res["both_rate_shaved_base"]) == {"coarse", "middle"}
     assert "recorded" not in res
     assert res["identity"]["coarse"]["to_beard"] >= 0 and res["identity_mode"] == "different"
@@ -200,6 +205,20 @@ def test_recipe_search_order_and_ties():
     assert bench.recipe_layer_sets([0, 1], groups) == [[], [0, 1], [2, 3], [4], [0, 1, 2, 3], [0, 1, 4], [2, 3, 4]]
     ranked = bench.recipe_search(Grid(), {"beard": [2], "shaved": [0, 1]}, ["has_beard"], [2.0], [0, 1], groups)
     assert len(ranked) == (1 + 7 * 2) + (1 + 6 * 2)
+    # with num_ws, a latent two recipes make is scored once, named by fewer rows, then the beard base:
+    # on 3 rows, 'beard base [2]' is 'shaved base [0, 1]' and keeps its name (one row)
+    seen = []
+
+    class Counting(Grid):
+        def recipe(self, recipe, idx):
+            seen.append(recipe)
+            return super().recipe(recipe, idx)
+    ranked = bench.recipe_search(Counting(), {"beard": [2], "shaved": [0, 1]}, ["has_beard"], [2.0], [0, 1],
+                                 num_ws=3)
+    names = [(r["base"], r["layers"], r["edits"]) for _, r, _ in ranked]
+    assert len(seen) == len(ranked) == 4  # 3 latents ({0, 1, 2}, {0, 1}, {} from beard) x {0, 2}, less 2 plain
+    assert ("beard", [2], {}) in names and ("shaved", [0, 1], {}) not in names
+    assert ("beard", [2], {"has_beard": 2.0}) in names and ("shaved", [0, 1], {"has_beard": 2.0}) not in names
 
 
 def test_bench_mixing_record(tiny_model, tmp_path, monkeypatch, capsys):
