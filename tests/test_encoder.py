@@ -198,6 +198,35 @@ def test_cli_trains_and_resumes(G_file, tmp_path, capsys):
     assert not state.exists()
 
 
+def test_cli_init_starts_from_another_encoder(G_file, tmp_path, capsys):
+    """--init copies an encoder's weights (a tiny learning rate then leaves them there) and is recorded;
+    another architecture or a missing file is a one-line error and writes nothing."""
+    from training import encoder as te
+
+    src = tmp_path / "src.safetensors"
+    assert te.main(_cli(G_file, src, "--steps", "3")) == 0
+    out = tmp_path / "init.safetensors"
+    assert te.main(_cli(G_file, out, "--steps", "1", "--lr", "1e-12", "--warmup", "0", "--init", str(src))) == 0
+    assert "--init: starting from" in capsys.readouterr().err
+    a, b = load_encoder(src), load_encoder(out)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(va, vb, atol=1e-6), k
+    assert read_encoder_header(out)["training"]["init"] == str(src)
+    # without --init the same run starts elsewhere
+    fresh = tmp_path / "fresh.safetensors"
+    assert te.main(_cli(G_file, fresh, "--steps", "1", "--lr", "1e-12", "--warmup", "0", "--seed", "5")) == 0
+    assert not torch.allclose(load_encoder(fresh).out.weight, a.out.weight)
+    capsys.readouterr()
+    bad = tmp_path / "bad.safetensors"
+    wider = [a if a != "128" else "96" for a in _cli(G_file, bad, "--steps", "1", "--init", str(src))]
+    assert te.main(wider) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --init") and "another architecture" in err and "\n" not in err
+    assert te.main(_cli(G_file, bad, "--steps", "1", "--init", str(tmp_path / "none.safetensors"))) == 1
+    assert capsys.readouterr().err.startswith("error: --init")
+    assert not bad.exists()
+
+
 def test_cli_errors(G_file, tmp_path, capsys):
     from training import encoder as te
 

@@ -1,7 +1,7 @@
 """Train the inversion encoder of one generator on the generator's own samples.
 
     python -m training.encoder --model synthfaces64 [--out PATH] [--steps 2000] [--batch 32] [--lr 1e-3]
-                               [--threads T] [--seed 0] [--resume]
+                               [--threads T] [--seed 0] [--resume] [--init ENCODER]
 
 What it does (everything is drawn from G itself, no dataset):
 
@@ -18,6 +18,10 @@ What it does (everything is drawn from G itself, no dataset):
    between G.synthesis(predicted ws, noise_mode='const') and the target image (`--image-loss`:
    'perceptual' = stylemix.perceptual, the distance inversion optimises; 'pixel' = MSE).
    Adam, linear warm-up (`--warmup` steps), cosine decay to 0 at `--steps`.
+   `--init ENCODER` (a file or registered name) starts from that encoder's weights instead of
+   random ones, e.g. the encoder of an earlier snapshot of the same generator run: it must have
+   the same architecture (resolution, num_ws, w_dim, the width options; a mismatch is an error
+   naming the tensors), and its w statistics are replaced by this generator's.
 3. Every `--snap` steps (and on Ctrl-C) the training state (encoder, optimiser, step, options,
    time) is written atomically to `<out>.state.pt`; `--resume` continues from it (the options
    that define the run must match; `--steps` may grow). The state file is deleted after the final save.
@@ -77,7 +81,7 @@ COMPARE_SEED_OFFSET = 2_000_003    # --compare-modes targets use seed + this
 # Options that define a run: a resumed run must have the same values.
 RUN_OPTIONS = ("seed", "batch", "lr", "warmup", "ws_weight", "image_weight", "image_every", "image_batch",
                "image_loss", "image_start", "mix_prob", "jitter_prob", "jitter", "noise_mode", "channel_base", "channel_max",
-               "feature_dim")
+               "feature_dim", "init")
 
 
 class UsageError(ValueError):
@@ -247,6 +251,27 @@ def _check_options(args) -> None:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
 
 
+def _load_init(enc: Encoder, name_or_path: str) -> None:
+    """Copy the weights of the encoder `name_or_path` into `enc` (same architecture, else UsageError)."""
+    from stylemix.inversion import load_encoder
+
+    try:
+        source = load_encoder(name_or_path)
+    except ValueError as exc:
+        raise UsageError(f"--init: {str(exc).splitlines()[0]}") from None
+    mine, theirs = enc.state_dict(), source.state_dict()
+    bad = sorted(set(mine) ^ set(theirs)) + sorted(k for k in set(mine) & set(theirs)
+                                                   if mine[k].shape != theirs[k].shape)
+    if bad:
+        shapes = ", ".join(f"{k} {tuple(mine[k].shape) if k in mine else '-'} vs "
+                           f"{tuple(theirs[k].shape) if k in theirs else '-'}" for k in bad[:4])
+        raise UsageError(f"--init {name_or_path}: another architecture than this run's ({len(bad)} tensors differ: "
+                         f"{shapes}{', ...' if len(bad) > 4 else ''}); give the same --channel-base, "
+                         f"--channel-max and --feature-dim, for a generator of the same resolution, num_ws and w_dim")
+    enc.load_state_dict({k: v.float() for k, v in theirs.items()})
+    print(f"--init: starting from {getattr(source, 'path', name_or_path)}", file=sys.stderr)
+
+
 def train(args, *, stop_after: int | None = None) -> dict:
     """Run the training described by the parsed `args`; returns {'out', 'heldout', 'seconds', 'steps'}.
 
@@ -270,6 +295,8 @@ def train(args, *, stop_after: int | None = None) -> dict:
     torch.manual_seed(args.seed)
     enc = Encoder(G.img_resolution, G.num_ws, G.w_dim, img_channels=G.img_channels,
                   channel_base=args.channel_base, channel_max=args.channel_max, feature_dim=args.feature_dim)
+    if args.init:
+        _load_init(enc, args.init)
     enc.set_w_stats(w_avg, w_scale)
     opt = torch.optim.Adam(enc.parameters(), lr=args.lr, betas=(0.9, 0.99))
     start, seconds_before, log = 0, 0.0, []
@@ -439,6 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of every batch (default 0)")
     ap.add_argument("--resume", action="store_true", help="continue from <out>.state.pt")
+    ap.add_argument("--init", default=None, metavar="ENCODER",
+                    help="start from this encoder's weights (file or registered name; same architecture)")
     ap.add_argument("--snap", type=int, default=100, help="write the training state every N steps (default 100)")
     ap.add_argument("--ws-weight", type=float, default=1.0, help="weight of the normalised ws MSE (default 1)")
     ap.add_argument("--image-weight", type=float, default=0.1, help="weight of the image loss (default 0.1; 0 = off)")
