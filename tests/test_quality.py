@@ -82,6 +82,27 @@ def test_untrained_G_report_keys_ratio_and_cache(tiny_G, classifier, render_coun
     assert len(render_counter) > n_calls
 
 
+def test_noise_mode_random_is_seeded_and_leaves_torch_rng_alone(tiny_G, classifier):
+    import copy
+
+    G = copy.deepcopy(tiny_G)
+    with torch.no_grad():
+        for name, prm in G.named_parameters():
+            if name.endswith("noise_strength"):
+                prm.fill_(1.0)  # untrained layers start at 0: make the noise inputs matter
+    const = quality.synthfaces_quality(G, num_samples=N, render_options=RO, classifier=classifier, batch=8)
+    state = torch.get_rng_state()
+    a = quality.synthfaces_quality(G, num_samples=N, render_options=RO, classifier=classifier, batch=8,
+                                   noise_mode="random")
+    assert torch.equal(torch.get_rng_state(), state)
+    b = quality.synthfaces_quality(G, num_samples=N, render_options=RO, classifier=classifier, batch=8,
+                                   noise_mode="random")
+    assert a["noise_mode"] == "random" and const["noise_mode"] == "const"
+    assert a["fd"] == pytest.approx(b["fd"]) and a["fd"] != pytest.approx(const["fd"])
+    with pytest.raises(ValueError, match="noise_mode"):
+        quality.synthfaces_quality(G, num_samples=N, render_options=RO, classifier=classifier, noise_mode="none")
+
+
 def test_floor_of_identical_sets_is_zero(classifier):
     s = quality.DEFAULT_REFERENCE_SEED
     same = quality.floor_distance(N, RO, seeds=(s, s), classifier=classifier)

@@ -4,8 +4,9 @@
         --render-options '{"res": 64}' --n 5000
     python -m training.stylegan2.quality --model net.safetensors --data synthfaces64.zip --n 5000
 
-`synthfaces_quality(G, ...)` draws `num_samples` images from G (truncation 1, noise_mode 'const',
-z from numpy RandomState(seed)), and measures them with the shipped attribute classifier
+`synthfaces_quality(G, ...)` draws `num_samples` images from G (truncation 1, noise_mode 'const'
+by default, or 'random' with the noise drawn from torch.Generator seeded with `seed`; z from numpy
+RandomState(seed)), and measures them with the shipped attribute classifier
 (`stylemix.attributes.load_classifier('synthfaces64')`):
 
 - fd: Frechet distance of the classifier's 128-d features against `num_samples` held-out renders
@@ -221,8 +222,9 @@ def floor_distance(n: int, render_options, *, seeds: tuple[int, int] = (DEFAULT_
 # ------------------------------------------------------------------------------------------------
 # Samples from G
 
-def _generate(G, n: int, *, seed: int, batch: int):
-    """Yields uint8 NHWC chunks of G's samples: z ~ RandomState(seed), truncation 1, noise const."""
+def _generate(G, n: int, *, seed: int, batch: int, noise_mode: str = "const"):
+    """Yields uint8 NHWC chunks of G's samples: z ~ RandomState(seed), truncation 1, `noise_mode`
+    ('random': torch's global generator, seeded with `seed` here and restored afterwards)."""
     import torch
 
     if getattr(G, "c_dim", 0):
@@ -230,12 +232,21 @@ def _generate(G, n: int, *, seed: int, batch: int):
                          f"check; it compares unconditional samples with the natural distribution")
     device = next(G.parameters()).device
     z_all = np.random.RandomState(seed).randn(n, G.z_dim).astype(np.float32)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield from _chunks(G, z_all, device, batch, noise_mode)
+
+
+def _chunks(G, z_all, device, batch: int, noise_mode: str):
+    import torch
+
+    n = len(z_all)
     for s in range(0, n, _CHUNK):
         out = []
         for b in range(s, min(s + _CHUNK, n), batch):
             z = torch.from_numpy(z_all[b:min(b + batch, s + _CHUNK, n)]).to(device)
             with torch.no_grad():
-                img = G(z, None, truncation_psi=1, noise_mode="const")
+                img = G(z, None, truncation_psi=1, noise_mode=noise_mode)
             out.append((img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8).cpu().numpy())
         yield np.concatenate(out)
 
@@ -243,16 +254,19 @@ def _generate(G, n: int, *, seed: int, batch: int):
 def synthfaces_quality(G, *, num_samples: int = BAR_NUM_SAMPLES, reference: int = DEFAULT_REFERENCE_SEED,
                        render_options=None, seed: int = 0, batch: int = 16, classifier=None,
                        exclude_seeds: Sequence[int] = (), use_cache: bool = True,
-                       log: Callable[[str], None] | None = None) -> dict:
+                       log: Callable[[str], None] | None = None, noise_mode: str = "const") -> dict:
     """The synthfaces64 quality bar for generator G, as a JSON-able dict.
 
     num_samples: samples from G, and the size of each render set; reference: render seed of the
     held-out reference set (the floor's second set uses reference + 1); render_options: the
     training distribution ({'res': R, **pins}; default {'res': G.img_resolution}); seed: seed of
     G's z; batch: images per G forward pass; classifier: default load_classifier('synthfaces64');
-    exclude_seeds: the training data's render seeds (refused as reference seeds).
+    exclude_seeds: the training data's render seeds (refused as reference seeds); noise_mode:
+    'const' (the recorded bar) or 'random' (G's default: fresh noise maps per sample).
     """
     n = int(num_samples)
+    if noise_mode not in ("const", "random"):
+        raise ValueError(f"noise_mode must be 'const' or 'random', got {noise_mode!r}")
     if n < 2:
         raise ValueError(f"num_samples must be >= 2, got {num_samples}")
     if int(batch) < 1:
@@ -276,7 +290,8 @@ def synthfaces_quality(G, *, num_samples: int = BAR_NUM_SAMPLES, reference: int 
     was_training = G.training
     G.eval()
     try:
-        feats, probs = _measure(_generate(G, n, seed=int(seed), batch=int(batch)), classifier, net)
+        feats, probs = _measure(_generate(G, n, seed=int(seed), batch=int(batch), noise_mode=noise_mode),
+                                classifier, net)
     finally:
         G.train(was_training)
     fake = ReferenceStats.from_features(feats, net.name, keep_features=False)
@@ -305,7 +320,7 @@ def synthfaces_quality(G, *, num_samples: int = BAR_NUM_SAMPLES, reference: int 
         "at_bar_size": n == BAR_NUM_SAMPLES,
         "render_options": ro,
         "reference_seed": ref_seed, "floor_seed": floor_seed, "seed": int(seed),
-        "truncation_psi": 1.0, "noise_mode": "const",
+        "truncation_psi": 1.0, "noise_mode": noise_mode,
         "reference_cached": bool(ref_info["cached"] and other_info["cached"]),
         "sec": {"reference": round(t1 - t0, 2), "samples": round(time.time() - t1, 2)},
     }
@@ -320,7 +335,7 @@ def format_table(r: Mapping) -> str:
         return "-" if x is None else format(x, fmt)
 
     lines = [f"synthfaces quality, {r['num_samples']} samples vs {r['num_samples']} renders "
-             f"{json.dumps(r['render_options'])} ({r['feature_net']})",
+             f"{json.dumps(r['render_options'])} ({r['feature_net']}; noise {r.get('noise_mode', 'const')})",
              f"  {'fd':<12}{f(r['fd'])}",
              f"  {'floor':<12}{f(r['floor'])}",
              f"  {'ratio':<12}{f(r['ratio'], '.2f'):<10}(bar <= {r['bar']['fd_ratio_max']:g})  "
@@ -350,6 +365,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=16, help="images per G forward pass (default 16)")
     ap.add_argument("--threads", type=int, help="CPU threads")
     ap.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+    ap.add_argument("--noise-mode", choices=("const", "random"), default="const",
+                    help="G's noise inputs: const (the recorded bar, default) or random (G's own default)")
     ap.add_argument("--out", help="also write the JSON report to this file")
     args = ap.parse_args(argv)
     try:
@@ -377,7 +394,7 @@ def main(argv=None) -> int:
 
         G = load_generator(args.model, device=args.device)
         r = synthfaces_quality(G, num_samples=args.n, reference=args.reference, render_options=ro, seed=args.seed,
-                               batch=args.batch, exclude_seeds=exclude,
+                               batch=args.batch, exclude_seeds=exclude, noise_mode=args.noise_mode,
                                log=lambda m: print(m, file=sys.stderr, flush=True))
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
