@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.stylegan2.augment import AdaptiveP, AugmentPipe, augpipe_specs, _eye, _pad_symmetric
+from training.stylegan2.augment import AdaptiveP, AugmentPipe, augpipe_specs, grid_sample_reflect, _eye, _pad_symmetric
 
 S = 32  # image size used throughout
 
@@ -84,6 +84,46 @@ def test_gradients_flow():
     assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-5, fast_mode=True)
     # Second order too: R1 on reals differentiates D(augment(x)) w.r.t. x, then w.r.t. D's weights.
     assert torch.autograd.gradgradcheck(f, (x,), eps=1e-6, atol=1e-5, fast_mode=True)
+
+
+def _grid_case(device="cpu"):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 6, 5, generator=g, dtype=torch.float64).to(device).requires_grad_(True)
+    grid = (torch.rand(2, 7, 4, 2, generator=g, dtype=torch.float64) * 2.6 - 1.3).to(device)  # beyond the border
+    return x, grid
+
+
+def test_grid_sample_reflect_matches_grid_sample_to_second_order():
+    x, grid = _grid_case()
+
+    def ours(x):
+        return grid_sample_reflect(x, grid)
+
+    def torch_cpu(x):  # on CPU PyTorch's own op is twice differentiable (composite fallback)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+    assert torch.equal(ours(x), torch_cpu(x))
+    assert torch.autograd.gradcheck(ours, (x,)) and torch.autograd.gradgradcheck(ours, (x,))
+    grads = []
+    for f in (ours, torch_cpu):
+        (g1,) = torch.autograd.grad(f(x).square().sum(), x, create_graph=True)
+        (g2,) = torch.autograd.grad(g1.square().sum(), x)
+        grads.append((g1.detach(), g2))
+    assert torch.allclose(grads[0][0], grads[1][0]) and torch.allclose(grads[0][1], grads[1][1])
+
+
+@pytest.mark.gpu
+def test_r1_through_geometric_augmentation_on_cuda():
+    # Before grid_sample_reflect: "derivative for aten::grid_sampler_2d_backward is not implemented".
+    x, grid = _grid_case("cuda")
+    assert torch.autograd.gradgradcheck(lambda x: grid_sample_reflect(x, grid), (x,))
+    pipe = make_pipe(1.0, **augpipe_specs["bgc"]).cuda()
+    real = smooth_images(n=4).cuda().requires_grad_(True)
+    torch.manual_seed(0)
+    score = pipe(real).square().sum()
+    (g,) = torch.autograd.grad(score, real, create_graph=True)
+    g.square().sum().backward()
+    assert real.grad is not None and torch.isfinite(real.grad).all()
 
 
 def test_deterministic_given_seed():

@@ -148,6 +148,52 @@ def _translate3d(t: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------
+# Bilinear grid sampling with mirror extension that supports double backward w.r.t. the images.
+# R1 differentiates D's gradient w.r.t. the (augmented) reals, so the resampling pass must be twice
+# differentiable w.r.t. its input. PyTorch's grid_sampler_2d_backward has no derivative on CUDA
+# ("derivative for aten::grid_sampler_2d_backward is not implemented"; CPU reaches a composite
+# fallback instead). Sampling is linear in the image, so the derivative of its backward w.r.t.
+# the incoming gradient is the sampling itself, and w.r.t. the image it is zero. The grid is
+# never differentiated here (the matrices are random draws, not learned).
+
+_GRID_SAMPLE_MODES = dict(interpolation=0, padding=2, align_corners=False)  # bilinear, reflection
+
+
+class _GridSample(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, grid)
+        return torch.grid_sampler(x, grid, _GRID_SAMPLE_MODES["interpolation"], _GRID_SAMPLE_MODES["padding"],
+                                  _GRID_SAMPLE_MODES["align_corners"])
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x, grid = ctx.saved_tensors
+        dx = _GridSampleBackward.apply(dy, x, grid) if ctx.needs_input_grad[0] else None
+        return dx, None
+
+
+class _GridSampleBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, dy: torch.Tensor, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(grid)
+        dx, _ = torch.ops.aten.grid_sampler_2d_backward(
+            dy, x, grid, _GRID_SAMPLE_MODES["interpolation"], _GRID_SAMPLE_MODES["padding"],
+            _GRID_SAMPLE_MODES["align_corners"], [True, False])
+        return dx
+
+    @staticmethod
+    def backward(ctx, ddx: torch.Tensor):
+        (grid,) = ctx.saved_tensors
+        ddy = _GridSample.apply(ddx, grid) if ctx.needs_input_grad[0] else None
+        return ddy, None, None
+
+
+def grid_sample_reflect(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """F.grid_sample(x, grid, mode='bilinear', padding_mode='reflection', align_corners=False), twice
+    differentiable w.r.t. x on every device; no gradient flows to `grid`."""
+    assert x.ndim == 4 and grid.ndim == 4 and grid.shape[-1] == 2, (x.shape, grid.shape)
+    return _GridSample.apply(x, grid.detach())
 
 
 def _pad_symmetric(x: torch.Tensor, pad: int) -> torch.Tensor:
@@ -405,7 +451,7 @@ class AugmentPipe(torch.nn.Module):
         gx = G[:, 0, 0, None, None] * u[None, None, :] + G[:, 0, 1, None, None] * v[None, :, None] + G[:, 0, 2, None, None]
         gy = G[:, 1, 0, None, None] * u[None, None, :] + G[:, 1, 1, None, None] * v[None, :, None] + G[:, 1, 2, None, None]
         grid = torch.stack([gx / (W / 2), gy / (H / 2)], dim=-1).to(images.dtype)  # grid_sample's [-1, 1]
-        y = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        y = grid_sample_reflect(x, grid)
 
         # Low-pass and decimate 2x, dropping the extra samples (negative padding crops).
         p0, p1 = (taps - 1) // 2 - q, (taps - 2) // 2 - q
