@@ -231,6 +231,32 @@ def test_freezed_layers_stay_bit_identical():
     assert not torch.equal(before["b4.fc.weight"], after["b4.fc.weight"])
 
 
+def test_warmup_d_trains_d_alone_first():
+    tr = make_trainer(["--warmup-d", "0.008"])  # batch 4: the first two steps train D only
+    assert tr.options["warmup_d_kimg"] == 0.008
+    # Weights only: the w_avg buffer keeps tracking the mapping's outputs, as in any D step.
+    g0 = {k: v.clone() for k, v in tr.G.named_parameters()}
+    e0 = {k: v.clone() for k, v in tr.G_ema.named_parameters()}
+    d0 = {k: v.clone() for k, v in tr.D.named_parameters()}
+    for _ in range(2):
+        tr.train_step()
+    stats = tr.stats.collect(1)
+    assert "Loss/D/loss" in stats and "Loss/G/loss" not in stats and "Loss/pl_penalty" not in stats
+    assert all(torch.equal(v, dict(tr.G.named_parameters())[k]) for k, v in g0.items())
+    assert all(torch.equal(v, dict(tr.G_ema.named_parameters())[k]) for k, v in e0.items())
+    assert any(not torch.equal(v, dict(tr.D.named_parameters())[k]) for k, v in d0.items())
+    tr.train_step()  # past the warm-up: G trains again
+    assert "Loss/G/loss" in tr.stats.collect(1)
+    assert any(not torch.equal(v, dict(tr.G.named_parameters())[k]) for k, v in g0.items())
+    for bad, msg in ((["--warmup-d", "-1"], "--warmup-d must be >= 0"),
+                     (["--warmup-d", "5", "--kimg", "5"], "leaves no G training")):
+        with pytest.raises(ValueError, match=msg):
+            make_options(bad)
+    from training.stylegan2.ship import training_command
+    o, _ = make_options(["--warmup-d", "0.008", "--kimg", "1"])
+    assert "--warmup-d 0.008" in training_command(o) and o["desc"].endswith("-warmupd0.008")
+
+
 def test_conditional_training_step():
     tr = make_trainer(["--cond"], ds=MemImages(c_dim=3), use_labels=True)
     assert tr.G.c_dim == 3 and tr.D.c_dim == 3
@@ -447,6 +473,7 @@ def test_sigkill_then_resume_continues(tmp_path):
     lines = [json.loads(x) for x in (run_dir / "stats.jsonl").read_text().splitlines()]
     events = [r for r in lines if "event" in r]
     assert [e["event"] for e in events] == ["start", "resume"] and events[1]["step"] == step0
+    assert all(e["device"].endswith(f"torch {torch.__version__}") for e in events)  # what it trained on
     assert events[1]["p"] == pytest.approx(p0)
     after = lines[lines.index(events[1]) + 1:]
     assert after and all(r["step"] > step0 for r in after) and after[-1]["step"] == step0 + 4

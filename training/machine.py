@@ -27,3 +27,15 @@ def hardware(threads: int | None = None) -> str:
     if threads is not None:
         parts.append(f"{threads} torch threads")
     return ", ".join(parts + [f"torch {torch.__version__}"])
+
+
+def device_description(device) -> str:
+    """What a process trains on: '<GPU name>, CUDA <version>, ' + the hardware() line for a CUDA device
+    (without the thread count), hardware(<torch threads>) for the CPU."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return f"{name}, CUDA {torch.version.cuda}, {hardware()}"
+    return hardware(torch.get_num_threads())

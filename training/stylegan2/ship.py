@@ -252,6 +252,8 @@ def training_command(o: dict) -> str:
         argv += ["--resume", str(a["resume"])]
     if "freezed" in a:
         argv += ["--freezed", _fmt(a["freezed"])]
+    if "warmup_d" in a:
+        argv += ["--warmup-d", _fmt(a["warmup_d"])]
     m = o.get("metrics")
     if m:
         argv += ["--metrics", m["name"]]

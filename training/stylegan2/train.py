@@ -12,7 +12,7 @@
 
 Options follow the official StyleGAN2-ADA train.py (--cfg, --gamma, --kimg, --batch, --snap,
 --mirror, --cond, --aug, --p, --target, --augpipe, --resume, --freezed, --seed, --workers, --dry-run);
-ours: --cfg lite, --tick, --batch-gpu, --cbase/--cmax/--map/--wdim (network size), --keep-states,
+ours: --warmup-d KIMG (D alone first, for checkpoints without a discriminator), --cfg lite, --tick, --batch-gpu, --cbase/--cmax/--map/--wdim (network size), --keep-states,
 --device, --no-progress, --metrics synthfaces|none with --metrics-n N and --metrics-render-options JSON
 (evaluated at each snapshot on rank 0; results in stats.jsonl and metric-synthfaces<N>.jsonl). Each run gets `<outdir>/<NNNNN>-<dataset>[-cond][-mirror]-<cfg>...`, with
 training_options.json, stats.jsonl (one JSON line per tick: losses, p, img/s, kimg, sec), stats.png,
@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", help="checkpoint to start from (name, .pkl/.pt/.safetensors, training state) "
                                     "or a run directory to continue")
     t.add_argument("--freezed", type=int, help="freeze the first N layers of D, counted from the input (default: 0)")
+    t.add_argument("--warmup-d", dest="warmup_d", type=float,
+                   help="train D alone (G and G_ema weights frozen) for the first KIMG thousand images; for a "
+                        "--resume checkpoint without a discriminator (default: 0)")
     m = p.add_argument_group("metrics (at each snapshot, rank 0; see training/stylegan2/quality.py)")
     m.add_argument("--metrics", choices=METRICS, help="synthfaces: the synthfaces64 quality bar (classifier FD vs "
                                                      "held-out renders, its floor, attribute rates) | none (default)")
@@ -143,6 +146,8 @@ def describe_run(o: dict) -> str:
         desc += f"-resume{re.sub(r'[^A-Za-z0-9_.]+', '', stem)[:32] or 'custom'}"
     if a.get("freezed"):
         desc += f"-freezed{a['freezed']}"
+    if a.get("warmup_d"):
+        desc += f"-warmupd{a['warmup_d']:g}"
     return desc
 
 
@@ -218,6 +223,11 @@ def build_options(args, *, training_set, world_size: int, device_type: str = "cp
     freezed = a.get("freezed", DEFAULTS["freezed"])
     if freezed < 0:
         raise UsageError(f"--freezed must be >= 0, got {freezed}")
+    warmup_d = a.get("warmup_d", 0.0)
+    if not warmup_d >= 0:
+        raise UsageError(f"--warmup-d must be >= 0, got {warmup_d}")
+    if warmup_d >= kimg:
+        raise UsageError(f"--warmup-d {warmup_d:g} leaves no G training within --kimg {kimg:g}")
     workers = a.get("workers", 3 if device_type == "cuda" else 1)
     if workers < 0:
         raise UsageError(f"--workers must be >= 0, got {workers}")
@@ -246,9 +256,9 @@ def build_options(args, *, training_set, world_size: int, device_type: str = "cp
         ada_target=target if aug == "ada" else None, ada_interval=4, ada_kimg=ada_kimg,
         total_kimg=kimg, kimg_per_tick=tick, snap=snap, keep_states=a.get("keep_states", DEFAULTS["keep_states"]),
         random_seed=a.get("seed", DEFAULTS["seed"]), workers=workers,
-        resume=str(a["resume"]) if fine_tune else None, freezed=freezed,
+        resume=str(a["resume"]) if fine_tune else None, freezed=freezed, warmup_d_kimg=float(warmup_d),
         args={k: v for k, v in a.items() if k in ("gamma", "kimg", "batch", "p", "target", "augpipe", "resume",
-                                                  "freezed")},
+                                                  "freezed", "warmup_d")},
     )
     o["metrics"] = metrics_options(a, data_path=args.data, resolution=res)
     o["desc"] = describe_run(o)

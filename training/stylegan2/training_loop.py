@@ -44,6 +44,7 @@ import torch.distributed as dist
 from stylemix.checkpoints import save_generator
 from stylemix.networks.stylegan2 import Discriminator, Generator
 from stylemix.ops.conv2d_resample import cpu_conv_dtype
+from training.machine import device_description
 
 from . import snapshot as snap_io
 from .augment import AdaptiveP, AugmentPipe, all_reduce_sum
@@ -519,8 +520,11 @@ class Trainer:
         all_gen_c = [c.split(self.batch_gpu) for c in all_gen_c.split(self.batch_per_rank)]
 
         lk = self.options["loss_kwargs"]
+        d_only = self.cur_nimg < float(self.options.get("warmup_d_kimg") or 0) * 1000  # train.py --warmup-d
         for phase, gen_z, gen_c in zip(self.phases, all_gen_z, all_gen_c):
             if self.batch_idx % phase.interval != 0:
+                continue
+            if d_only and phase.module is self.G:
                 continue
             if phase.name == "Greg" and float(lk.get("pl_weight", 0)) == 0:
                 continue
@@ -541,7 +545,7 @@ class Trainer:
             ema_nimg = min(ema_nimg, self.cur_nimg * float(self.options["ema_rampup"]))
         ema_beta = 0.5 ** (self.batch_size / max(ema_nimg, 1e-8))
         with torch.no_grad():
-            for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+            for p_ema, p in ([] if d_only else zip(self.G_ema.parameters(), self.G.parameters())):
                 p_ema.copy_(p.lerp(p_ema, ema_beta))
             for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
                 b_ema.copy_(b)
@@ -664,12 +668,14 @@ class Trainer:
             if is_resume:
                 self._prepare_resumed_log()
                 self._append_stats(dict(event="resume", step=self.batch_idx, kimg=self.cur_nimg / 1000,
+                                        device=device_description(self.device),
                                         next_tick=self.cur_tick, p=self.augment_p(), source=self.resumed_from,
                                         timestamp=time.time()))
                 self._log(f"resumed {self.resumed_from} at step {self.batch_idx}, kimg {self.cur_nimg / 1000:g}, "
                           f"p {self.augment_p():.4f}")
             else:
                 self._append_stats(dict(event="start", step=0, kimg=0.0, world_size=self.world_size,
+                                        device=device_description(self.device),
                                         source=self.resumed_from, timestamp=time.time()))
                 reals = np.stack([self.training_set[int(i)][0] for i in self.grid_idx])
                 save_image_grid(reals, self.run_dir / "reals.png", grid=self.grid, drange=(0, 255))
