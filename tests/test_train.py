@@ -257,6 +257,20 @@ def test_warmup_d_trains_d_alone_first():
     assert "--warmup-d 0.008" in training_command(o) and o["desc"].endswith("-warmupd0.008")
 
 
+def test_glr_dlr_set_each_optimiser():
+    from training.stylegan2.ship import training_command
+
+    tr = make_trainer(["--glr", "0.0002", "--dlr", "0.003"])
+    r = 4 / 5, 16 / 17  # lazy regularisation scales each lr by interval / (interval + 1)
+    assert tr.opts["G"].param_groups[0]["lr"] == pytest.approx(0.0002 * r[0])
+    assert tr.opts["D"].param_groups[0]["lr"] == pytest.approx(0.003 * r[1])
+    cmd = training_command(tr.options)
+    assert "--glr 0.0002" in cmd and "--dlr 0.003" in cmd and "-glr0.0002-dlr0.003" in tr.options["desc"]
+    assert make_options()[0]["G_opt_kwargs"]["lr"] == resolve_spec("lite", resolution=16, gpus=1)["lrate"]
+    with pytest.raises(ValueError, match="--glr must be > 0"):
+        make_options(["--glr", "0"])
+
+
 def test_conditional_training_step():
     tr = make_trainer(["--cond"], ds=MemImages(c_dim=3), use_labels=True)
     assert tr.G.c_dim == 3 and tr.D.c_dim == 3

@@ -225,6 +225,9 @@ def training_command(o: dict) -> str:
         argv += ["--kimg", _fmt(kimg)]
     if "batch" in a:
         argv += ["--batch", _fmt(a["batch"])]
+    for key in ("glr", "dlr"):
+        if key in a:
+            argv += [f"--{key}", _fmt(a[key])]
     per_rank = int(o["batch_size"]) // world
     if "batch" in a:
         default_bg = per_rank if cfg != "lite" else min(per_rank, spec["batch_gpu"])

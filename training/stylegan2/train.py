@@ -12,7 +12,8 @@
 
 Options follow the official StyleGAN2-ADA train.py (--cfg, --gamma, --kimg, --batch, --snap,
 --mirror, --cond, --aug, --p, --target, --augpipe, --resume, --freezed, --seed, --workers, --dry-run);
-ours: --warmup-d KIMG (D alone first, for checkpoints without a discriminator), --cfg lite, --tick, --batch-gpu, --cbase/--cmax/--map/--wdim (network size), --keep-states,
+ours: --warmup-d KIMG (D alone first, for checkpoints without a discriminator), --glr/--dlr (as in
+StyleGAN3's train.py), --cfg lite, --tick, --batch-gpu, --cbase/--cmax/--map/--wdim (network size), --keep-states,
 --device, --no-progress, --metrics synthfaces|none with --metrics-n N and --metrics-render-options JSON
 (evaluated at each snapshot on rank 0; results in stats.jsonl and metric-synthfaces<N>.jsonl). Each run gets `<outdir>/<NNNNN>-<dataset>[-cond][-mirror]-<cfg>...`, with
 training_options.json, stats.jsonl (one JSON line per tick: losses, p, img/s, kimg, sec), stats.png,
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gamma", type=float, help="R1 weight (default: from --cfg)")
     g.add_argument("--kimg", type=float, help="training length in thousands of images (default: from --cfg)")
     g.add_argument("--batch", type=int, help="global batch size, all processes (default: from --cfg)")
+    g.add_argument("--glr", type=float, help="G learning rate (default: from --cfg)")
+    g.add_argument("--dlr", type=float, help="D learning rate (default: from --cfg)")
     g.add_argument("--batch-gpu", dest="batch_gpu", type=int,
                    help="images per forward pass in each process (gradient accumulation; default: --batch / processes)")
     g.add_argument("--snap", type=int, help="snapshot every N ticks (default: 50)")
@@ -133,6 +136,9 @@ def describe_run(o: dict) -> str:
         desc += f"-kimg{a['kimg']:g}"
     if a.get("batch") is not None:
         desc += f"-batch{a['batch']}"
+    for key in ("glr", "dlr"):
+        if a.get(key) is not None:
+            desc += f"-{key}{a[key]:g}"
     desc += f"-{o['aug']}"
     if a.get("p") is not None:
         desc += f"-p{a['p']:g}"
@@ -208,6 +214,10 @@ def build_options(args, *, training_set, world_size: int, device_type: str = "cp
     if augpipe not in augpipe_specs:
         raise UsageError(f"--augpipe {augpipe!r} is not a preset; choose from {', '.join(augpipe_specs)}")
 
+    for key in ("glr", "dlr"):
+        if key in a and not a[key] > 0:
+            raise UsageError(f"--{key} must be > 0, got {a[key]}")
+    glr, dlr = a.get("glr", spec["lrate"]), a.get("dlr", spec["lrate"])
     gamma = a.get("gamma", spec["gamma"])
     if gamma < 0:
         raise UsageError(f"--gamma must be >= 0, got {gamma}")
@@ -244,8 +254,8 @@ def build_options(args, *, training_set, world_size: int, device_type: str = "cp
         cfg=cfg, cfg_spec=spec, num_gpus=world_size,
         data=dict(path=str(Path(args.data).expanduser().resolve()), **training_set.describe()),
         G_kwargs=G_kwargs, D_kwargs=D_kwargs,
-        G_opt_kwargs=dict(lr=spec["lrate"], betas=[0, 0.99], eps=1e-8),
-        D_opt_kwargs=dict(lr=spec["lrate"], betas=[0, 0.99], eps=1e-8),
+        G_opt_kwargs=dict(lr=glr, betas=[0, 0.99], eps=1e-8),
+        D_opt_kwargs=dict(lr=dlr, betas=[0, 0.99], eps=1e-8),
         loss_kwargs=dict(r1_gamma=gamma, pl_weight=2, pl_decay=0.01, pl_batch_shrink=2, style_mixing_prob=0.9),
         G_reg_interval=4, D_reg_interval=16,
         batch_size=batch, batch_gpu=batch_gpu,
@@ -257,8 +267,8 @@ def build_options(args, *, training_set, world_size: int, device_type: str = "cp
         total_kimg=kimg, kimg_per_tick=tick, snap=snap, keep_states=a.get("keep_states", DEFAULTS["keep_states"]),
         random_seed=a.get("seed", DEFAULTS["seed"]), workers=workers,
         resume=str(a["resume"]) if fine_tune else None, freezed=freezed, warmup_d_kimg=float(warmup_d),
-        args={k: v for k, v in a.items() if k in ("gamma", "kimg", "batch", "p", "target", "augpipe", "resume",
-                                                  "freezed", "warmup_d")},
+        args={k: v for k, v in a.items() if k in ("gamma", "kimg", "batch", "glr", "dlr", "p", "target", "augpipe",
+                                                  "resume", "freezed", "warmup_d")},
     )
     o["metrics"] = metrics_options(a, data_path=args.data, resolution=res)
     o["desc"] = describe_run(o)
