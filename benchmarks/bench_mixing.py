@@ -46,7 +46,7 @@ direction at each `--strengths` (and the shaved latent along 'has_beard'), same 
 Recipes (the app can mix and edit at once, with either face as the base): for each base, rows
 taken from the other latent (none, its searched rows, each layer group, each union of two groups),
 then 'has_beard' and 'shaved' edits with every combination of strengths in {0} + `--strengths`
-(default 1,2,3,4; api.mix_recipe, which 'mix: best' runs). The best on the selection half is
+(default 1,2,3,4,5,6; api.mix_recipe, which 'mix: best' runs). The best on the selection half is
 Recipes that make the same latent (the beard base taking rows R = the shaved base taking the
 other rows) are scored once, under the name with fewer rows (then the beard base).
 `best_recipe` {"base", "layers", "edits"}: the highest both-rate; among equals the one whose
@@ -65,7 +65,7 @@ Prints progress lines on stderr, a table on stdout, then one JSON object as the 
  "best_recipe": {...}, "best_recipe_both_rate": ..., ...}
 
     python benchmarks/bench_mixing.py [--pairs 200] [--model synthfaces64] [--quality balanced]
-        [--identity different|shared] [--search greedy|exhaustive] [--strengths 1,2,3,4]
+        [--identity different|shared] [--search greedy|exhaustive] [--strengths 1,2,3,4,5,6]
         [--threads 2] [--record]
 """
 
@@ -298,7 +298,7 @@ def main(argv=None) -> int:
     ap.add_argument("--identity", default="different", choices=["different", "shared"],
                     help="the two faces of a pair: different people (default) or one person")
     ap.add_argument("--search", default="greedy", choices=["greedy", "exhaustive"])
-    ap.add_argument("--strengths", default="1,2,3,4",
+    ap.add_argument("--strengths", default="1,2,3,4,5,6",
                     help="edit strengths (standard deviations) of the recipe grid, comma list of positive numbers")
     ap.add_argument("--detect", action="store_true", help="detect and align faces instead of passthrough")
     ap.add_argument("--threads", type=int, default=2)
