@@ -566,6 +566,12 @@ def _run(args) -> int:
                   f"{options['batch_size'] // world // options['batch_gpu']} round(s) x {options['batch_gpu']}), "
                   f"device {device}", flush=True)
         trainer.run()
+        if world > 1:
+            # Rank 0 may still be writing the last snapshot: tearing a gloo group down while a peer
+            # is busy aborted the finished rank ("terminate called without an active exception").
+            import torch.distributed as dist
+
+            dist.barrier()
         return 0
     finally:
         import torch.distributed as dist
