@@ -156,15 +156,14 @@ def _translate3d(t: torch.Tensor) -> torch.Tensor:
 # the incoming gradient is the sampling itself, and w.r.t. the image it is zero. The grid is
 # never differentiated here (the matrices are random draws, not learned).
 
-_GRID_SAMPLE_MODES = dict(interpolation=0, padding=2, align_corners=False)  # bilinear, reflection
+_GRID_SAMPLE_ARGS = (0, 2, False)  # interpolation bilinear, padding reflection, align_corners False
 
 
 class _GridSample(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, grid)
-        return torch.grid_sampler(x, grid, _GRID_SAMPLE_MODES["interpolation"], _GRID_SAMPLE_MODES["padding"],
-                                  _GRID_SAMPLE_MODES["align_corners"])
+        return torch.grid_sampler(x, grid, *_GRID_SAMPLE_ARGS)
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
@@ -177,9 +176,7 @@ class _GridSampleBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, dy: torch.Tensor, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(grid)
-        dx, _ = torch.ops.aten.grid_sampler_2d_backward(
-            dy, x, grid, _GRID_SAMPLE_MODES["interpolation"], _GRID_SAMPLE_MODES["padding"],
-            _GRID_SAMPLE_MODES["align_corners"], [True, False])
+        dx, _ = torch.ops.aten.grid_sampler_2d_backward(dy, x, grid, *_GRID_SAMPLE_ARGS, [True, False])
         return dx
 
     @staticmethod

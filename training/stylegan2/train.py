@@ -470,6 +470,7 @@ def _from_rank0(fn, rank: int, world: int):
 
 def _run(args) -> int:
     import torch
+    import torch.distributed as dist
 
     from . import snapshot as snap_io
     from .training_loop import Trainer, open_training_set
@@ -569,13 +570,9 @@ def _run(args) -> int:
         if world > 1:
             # Rank 0 may still be writing the last snapshot: tearing a gloo group down while a peer
             # is busy aborted the finished rank ("terminate called without an active exception").
-            import torch.distributed as dist
-
             dist.barrier()
         return 0
     finally:
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
 

@@ -545,8 +545,9 @@ class Trainer:
             ema_nimg = min(ema_nimg, self.cur_nimg * float(self.options["ema_rampup"]))
         ema_beta = 0.5 ** (self.batch_size / max(ema_nimg, 1e-8))
         with torch.no_grad():
-            for p_ema, p in ([] if d_only else zip(self.G_ema.parameters(), self.G.parameters())):
-                p_ema.copy_(p.lerp(p_ema, ema_beta))
+            if not d_only:  # G_ema's weights wait with G's during --warmup-d
+                for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+                    p_ema.copy_(p.lerp(p_ema, ema_beta))
             for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
                 b_ema.copy_(b)
 
