@@ -1,6 +1,8 @@
 """ImageDataset over folders, dataset zips and CelebA: labels, filters, xflip, resizing, bad files."""
 
 import io
+import multiprocessing
+import os
 import json
 import pickle
 import warnings
@@ -191,3 +193,36 @@ def test_celeba(tmp_path):
     assert both.filenames == ["000003.jpg"]
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="Wearing_Hat"):
         ImageDataset(tmp_path, filters={"Wearing_Hat": True})
+
+
+def _read_items_in_child(ds, idx, q):
+    q.put([ds[i][0].tobytes() for i in idx])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_zip_handle_not_shared_with_forked_workers(tmp_path):
+    # A worker forked after the parent opened the zip must not move the parent's file offset, and
+    # a multi-worker DataLoader must return exactly the images a single process reads.
+    out = tmp_path / "noise.zip"
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(out, "w") as zf:
+        for i in range(64):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(buf, format="png")
+            zf.writestr(f"{i:03d}.png", buf.getvalue())
+    ds = ImageDataset(out, use_labels=False)
+    want = [ds[i][0] for i in range(len(ds))]  # the parent now holds an open handle
+    fd = ds._get_zipfile().fp.fileno()
+    pos = os.lseek(fd, 0, os.SEEK_CUR)
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_read_items_in_child, args=(ds, [5, 40, 63, 0], q))
+    p.start()
+    got = q.get(timeout=60)
+    p.join(60)
+    assert got == [want[i].tobytes() for i in (5, 40, 63, 0)]
+    assert os.lseek(fd, 0, os.SEEK_CUR) == pos
+    dl = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=3,
+                                     multiprocessing_context=ctx)
+    imgs = torch.cat([b[0] for b in dl]).numpy()
+    assert all(np.array_equal(imgs[i], want[i]) for i in range(len(ds))) and not ds.unreadable

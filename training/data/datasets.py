@@ -74,6 +74,7 @@ class ImageDataset(torch.utils.data.Dataset):
             raise ValueError(f"max_size must be >= 0, got {max_size!r}")
         self._zip_path = None
         self._zipfile = None
+        self._zip_pid = None
         self._root = None
         if os.path.isfile(self.path) and self.path.lower().endswith(".zip"):
             self.kind = "zip"
@@ -246,8 +247,12 @@ class ImageDataset(torch.utils.data.Dataset):
     # ------------------------------------------------------------------ access
 
     def _get_zipfile(self):
-        if self._zipfile is None:
+        # A forked DataLoader worker inherits the parent's open ZipFile, whose file offset the
+        # processes would share: concurrent seek+read pairs then return other members' bytes (wrong
+        # or undecodable images). Each process therefore opens its own handle.
+        if self._zipfile is None or self._zip_pid != os.getpid():
             self._zipfile = zipfile.ZipFile(self._zip_path)
+            self._zip_pid = os.getpid()
         return self._zipfile
 
     def _open(self, name):
@@ -284,7 +289,7 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __del__(self):
         try:
-            if self._zipfile is not None:
+            if self._zipfile is not None and self._zip_pid == os.getpid():
                 self._zipfile.close()
         except Exception:  # noqa: BLE001
             pass
