@@ -541,3 +541,59 @@ def test_torchrun_two_gloo_processes_stay_identical(tmp_path):
     for x in snaps:  # G, D, G_ema parameter digests of rank 0 and rank 1
         assert len(x["rank_digests"]) == 2 and x["rank_digests"][0] == x["rank_digests"][1]
     assert r.stdout.count("run directory:") == 1
+
+
+def test_ema_half_life_option():
+    from training.stylegan2.ship import training_command
+
+    tr = make_trainer(["--ema", "0.05"])
+    assert tr.options["ema_kimg"] == 0.05 and "-ema0.05" in tr.options["desc"]
+    assert "--ema 0.05" in training_command(tr.options)
+    assert make_options()[0]["ema_kimg"] == resolve_spec("lite", resolution=16, gpus=1)["ema"]
+    with pytest.raises(ValueError, match="--ema must be > 0"):
+        make_options(["--ema", "-1"])
+    # G_ema = lerp(G, G_ema, 0.5 ** (batch / ema_nimg)) with the ramp-up capping ema_nimg early on
+    g_ema0 = [p.detach().clone() for p in tr.G_ema.parameters()]
+    tr.cur_nimg = 10_000  # past the ramp-up's cap for 50 images
+    tr.train_step()
+    beta = 0.5 ** (tr.batch_size / 50.0)
+    for p0, pe, pg in zip(g_ema0, tr.G_ema.parameters(), tr.G.parameters()):
+        torch.testing.assert_close(pe.detach(), pg.detach() + beta * (p0 - pg.detach()), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_with_a_snapshot_then_resume(tmp_path, sig):
+    # A stop signal mid-run writes a snapshot at the step it stopped on (between snapshot ticks),
+    # with DataLoader workers in the same process group (as under `timeout` or a terminal's Ctrl-C).
+    data = write_png_folder(tmp_path / "data")
+    outdir = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "training.stylegan2.train", "--data", str(data), "--outdir", str(outdir),
+           *TINY[:-2], "--workers", "2", "--kimg", "10", "--tick", "0.2", "--snap", "1000", "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        def two_ticks():
+            runs = list(outdir.glob("0*")) if outdir.exists() else []
+            st = runs[0] / "stats.jsonl" if runs else None
+            if st is not None and st.exists() and st.read_text().count('"tick"') >= 2:
+                return runs[0]
+            return None
+        run_dir = _wait_for(two_ticks, proc, 120, "two ticks")
+        os.killpg(proc.pid, sig)  # the whole group: trainer and its workers
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + sig, out
+    assert f"stopped by {signal.Signals(sig).name}" in out and f"--resume {run_dir}" in out
+    lines = [json.loads(x) for x in (run_dir / "stats.jsonl").read_text().splitlines()]
+    last = [r for r in lines if "tick" in r][-1]
+    latest = json.loads((run_dir / "latest.json").read_text())
+    assert latest["step"] == last["step"] > 1 and last["kimg"] < 10 and "snapshot" in last
+    assert snap_io.load_training_state(run_dir / latest["state"])["counters"]["batch_idx"] == latest["step"]
+    resumed = subprocess.run([sys.executable, "-m", "training.stylegan2.train", "--resume", str(run_dir),
+                              "--kimg", str(latest["cur_nimg"] / 1000 + 0.008), "--no-progress"],
+                             cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"at step {latest['step']}," in resumed.stdout
+    assert json.loads((run_dir / "latest.json").read_text())["step"] == latest["step"] + 2

@@ -225,7 +225,7 @@ def training_command(o: dict) -> str:
         argv += ["--kimg", _fmt(kimg)]
     if "batch" in a:
         argv += ["--batch", _fmt(a["batch"])]
-    for key in ("glr", "dlr"):
+    for key in ("glr", "dlr", "ema"):
         if key in a:
             argv += [f"--{key}", _fmt(a[key])]
     per_rank = int(o["batch_size"]) // world

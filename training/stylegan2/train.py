@@ -13,12 +13,16 @@
 Options follow the official StyleGAN2-ADA train.py (--cfg, --gamma, --kimg, --batch, --snap,
 --mirror, --cond, --aug, --p, --target, --augpipe, --resume, --freezed, --seed, --workers, --dry-run);
 ours: --warmup-d KIMG (D alone first, for checkpoints without a discriminator), --glr/--dlr (as in
-StyleGAN3's train.py), --cfg lite, --tick, --batch-gpu, --cbase/--cmax/--map/--wdim (network size), --keep-states,
+StyleGAN3's train.py), --ema KIMG (G_ema half-life), --cfg lite, --tick, --batch-gpu, --cbase/--cmax/--map/--wdim (network size), --keep-states,
 --device, --no-progress, --metrics synthfaces|none with --metrics-n N and --metrics-render-options JSON
 (evaluated at each snapshot on rank 0; results in stats.jsonl and metric-synthfaces<N>.jsonl). Each run gets `<outdir>/<NNNNN>-<dataset>[-cond][-mirror]-<cfg>...`, with
 training_options.json, stats.jsonl (one JSON line per tick: losses, p, img/s, kimg, sec), stats.png,
 reals.png, fakes_init.png, fakes<kimg>.png, network-snapshot-<kimg>.safetensors (G_ema, loadable
 with stylemix.checkpoints.load_generator), training-state-<kimg>.pt and latest.json.
+
+Ctrl-C or SIGTERM stops after the current step (under torchrun: at the end of the tick) with a
+snapshot and training state, then exits with status 130 / 143; `--resume RUN_DIR` continues. A second
+one aborts at once, losing the work since the last snapshot.
 
 Errors print one line (`error: ...`) on stderr and exit with status 1 (2 for bad arguments).
 """
@@ -30,7 +34,9 @@ import datetime
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -62,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch", type=int, help="global batch size, all processes (default: from --cfg)")
     g.add_argument("--glr", type=float, help="G learning rate (default: from --cfg)")
     g.add_argument("--dlr", type=float, help="D learning rate (default: from --cfg)")
+    g.add_argument("--ema", type=float, help="G_ema half-life in kimg (default: from --cfg; the official auto "
+                                              "config uses batch * 10 / 32, e.g. 80 for --batch 256)")
     g.add_argument("--batch-gpu", dest="batch_gpu", type=int,
                    help="images per forward pass in each process (gradient accumulation; default: --batch / processes)")
     g.add_argument("--snap", type=int, help="snapshot every N ticks (default: 50)")
@@ -136,7 +144,7 @@ def describe_run(o: dict) -> str:
         desc += f"-kimg{a['kimg']:g}"
     if a.get("batch") is not None:
         desc += f"-batch{a['batch']}"
-    for key in ("glr", "dlr"):
+    for key in ("glr", "dlr", "ema"):
         if a.get(key) is not None:
             desc += f"-{key}{a[key]:g}"
     desc += f"-{o['aug']}"
@@ -214,7 +222,7 @@ def build_options(args, *, training_set, world_size: int, device_type: str = "cp
     if augpipe not in augpipe_specs:
         raise UsageError(f"--augpipe {augpipe!r} is not a preset; choose from {', '.join(augpipe_specs)}")
 
-    for key in ("glr", "dlr"):
+    for key in ("glr", "dlr", "ema"):
         if key in a and not a[key] > 0:
             raise UsageError(f"--{key} must be > 0, got {a[key]}")
     glr, dlr = a.get("glr", spec["lrate"]), a.get("dlr", spec["lrate"])
@@ -259,7 +267,7 @@ def build_options(args, *, training_set, world_size: int, device_type: str = "cp
         loss_kwargs=dict(r1_gamma=gamma, pl_weight=2, pl_decay=0.01, pl_batch_shrink=2, style_mixing_prob=0.9),
         G_reg_interval=4, D_reg_interval=16,
         batch_size=batch, batch_gpu=batch_gpu,
-        ema_kimg=spec["ema"], ema_rampup=ema_rampup,
+        ema_kimg=a.get("ema", spec["ema"]), ema_rampup=ema_rampup,
         aug=aug, augpipe=augpipe if aug != "noaug" else None,
         augment_kwargs=dict(augpipe_specs[augpipe]) if aug != "noaug" else None,
         augment_p=float(a.get("p", 0.0)),
@@ -267,7 +275,7 @@ def build_options(args, *, training_set, world_size: int, device_type: str = "cp
         total_kimg=kimg, kimg_per_tick=tick, snap=snap, keep_states=a.get("keep_states", DEFAULTS["keep_states"]),
         random_seed=a.get("seed", DEFAULTS["seed"]), workers=workers,
         resume=str(a["resume"]) if fine_tune else None, freezed=freezed, warmup_d_kimg=float(warmup_d),
-        args={k: v for k, v in a.items() if k in ("gamma", "kimg", "batch", "glr", "dlr", "p", "target", "augpipe",
+        args={k: v for k, v in a.items() if k in ("gamma", "kimg", "batch", "glr", "dlr", "ema", "p", "target", "augpipe",
                                                   "resume", "freezed", "warmup_d")},
     )
     o["metrics"] = metrics_options(a, data_path=args.data, resolution=res)
@@ -566,15 +574,38 @@ def _run(args) -> int:
                   f"D {n_d / 1e6:.2f}M trainable, batch {options['batch_size']} ({world} process(es) x "
                   f"{options['batch_size'] // world // options['batch_gpu']} round(s) x {options['batch_gpu']}), "
                   f"device {device}", flush=True)
-        trainer.run()
+        last = _run_with_graceful_stop(trainer)
         if world > 1:
             # Rank 0 may still be writing the last snapshot: tearing a gloo group down while a peer
             # is busy aborted the finished rank ("terminate called without an active exception").
             dist.barrier()
+        if last.get("stopped"):
+            return 128 + int(signal.Signals[last["stopped"]])  # the shell's code for "ended by that signal"
         return 0
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _run_with_graceful_stop(trainer) -> dict:
+    """trainer.run() with SIGINT/SIGTERM asking for a stop with a snapshot; a second one aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        return trainer.run()
+
+    def handler(signum, _frame):
+        if trainer.stop_signal is not None:
+            raise KeyboardInterrupt
+        trainer.request_stop(signum)
+        if trainer.rank == 0:
+            print(f"{signal.Signals(signum).name}: stopping after this step with a snapshot "
+                  f"(send it again to abort without one)", file=sys.stderr, flush=True)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return trainer.run()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def main(argv=None) -> int:

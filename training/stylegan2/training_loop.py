@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -296,6 +297,14 @@ class _Phase:
         self.name, self.module, self.opt, self.interval = name, module, opt, interval
 
 
+def _ignore_stop_signals(_worker_id: int) -> None:
+    # DataLoader workers share the terminal's process group (and `timeout`'s): a Ctrl-C or SIGTERM
+    # meant for the trainer must not kill them before it has written its last snapshot. They still
+    # exit when the trainer does.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class Trainer:
     """One training run (one process of it). `options` is the dict train.py writes to
     training_options.json; `resume` is None, {'kind': 'state', 'state': <training state>} (continue
@@ -313,6 +322,10 @@ class Trainer:
         self.rank, self.world_size = dist_info()
         self.progress = progress and self.rank == 0
         self.metrics_fn = metrics_fn
+        # Set (to a signal number) by request_stop, e.g. from a SIGINT/SIGTERM handler: run() then ends
+        # the tick early, writes a snapshot and returns (one process: after the current step; several:
+        # all of them at the end of the current tick).
+        self.stop_signal = None
         self._log = log or (lambda msg: print(msg, flush=True))
         if o["num_gpus"] != self.world_size:
             raise ValueError(f"options were resolved for {o['num_gpus']} process(es), running {self.world_size}")
@@ -496,11 +509,20 @@ class Trainer:
         kwargs = dict(batch_size=self.batch_per_rank, sampler=sampler, num_workers=workers,
                       pin_memory=self.device.type == "cuda", generator=gen)
         if workers > 0:
-            kwargs.update(prefetch_factor=2, persistent_workers=False)
+            kwargs.update(prefetch_factor=2, persistent_workers=False, worker_init_fn=_ignore_stop_signals)
         return iter(torch.utils.data.DataLoader(self.training_set, **kwargs))
 
     def close(self) -> None:
         self._data_iter = None
+
+    def request_stop(self, signum: int = signal.SIGINT) -> None:
+        """Ask run() to stop with a snapshot as soon as it can (safe to call from a signal handler)."""
+        self.stop_signal = int(signum)
+
+    def _agree_to_stop(self) -> bool:
+        flag = torch.tensor([0.0 if self.stop_signal is None else 1.0], device=self.device)
+        dist.all_reduce(flag)  # every rank stops at the same tick, so the snapshot is consistent
+        return bool(flag.item() > 0)
 
     # -- one step --------------------------------------------------------------------------------
 
@@ -546,8 +568,8 @@ class Trainer:
         ema_beta = 0.5 ** (self.batch_size / max(ema_nimg, 1e-8))
         with torch.no_grad():
             if not d_only:  # G_ema's weights wait with G's during --warmup-d
-                for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
-                    p_ema.copy_(p.lerp(p_ema, ema_beta))
+                # one fused update for all tensors (a per-tensor loop is ~100 kernel launches a step)
+                torch._foreach_lerp_(list(self.G_ema.parameters()), list(self.G.parameters()), 1.0 - ema_beta)
             for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
                 b_ema.copy_(b)
 
@@ -706,9 +728,15 @@ class Trainer:
                 if pbar is not None:
                     pbar.update(self.batch_size)
                 done = self.cur_nimg >= total_nimg
-                if (not done and self.cur_tick != 0
-                        and self.cur_nimg < self.tick_start_nimg + kimg_per_tick * 1000):
+                tick_end = (done or self.cur_tick == 0
+                            or self.cur_nimg >= self.tick_start_nimg + kimg_per_tick * 1000)
+                if self.world_size == 1:
+                    stopping = self.stop_signal is not None
+                else:
+                    stopping = tick_end and self._agree_to_stop()
+                if not (tick_end or stopping):
                     continue
+                done = done or stopping
 
                 # End of a tick.
                 tick_time = time.time() - tick_start_time
@@ -743,6 +771,11 @@ class Trainer:
                                          D=f"{stats.get('Loss/D/loss', float('nan')):.3f}")
                 last = record
                 tick_start_time = time.time()
+                if stopping:
+                    last = dict(record, stopped=signal.Signals(self.stop_signal or signal.SIGINT).name)
+                    if self.rank == 0:
+                        write(f"stopped by {last['stopped']} at kimg {self.cur_nimg / 1000:g} (step {self.batch_idx})"
+                              + (f"; continue with --resume {self.run_dir}" if self.run_dir is not None else ""))
                 if done:
                     break
         finally:
