@@ -297,3 +297,18 @@ def test_training_command_round_trips(argv, tmp_path):
     o2 = options_for(rest[2:], data=rest[1])  # rest = ["--data", path, ...]
     o2["run_dir"] = o["run_dir"]
     assert o2 == o
+
+
+def test_ship_records_what_resumes_changed(run_dir, pretrained_dir, tmp_path):
+    o = json.loads((run_dir / "training_options.json").read_text())
+    o["resume_changes"] = [{"batch": 256, "ema": 80.0, "timestamp": 1.0}, {"data": "/d/faces.zip", "timestamp": 2.0}]
+    (run_dir / "training_options.json").write_text(json.dumps(o))
+    snap = run_dir / "network-snapshot-000000.008.safetensors"
+    q = write_quality(tmp_path, quality_report(snap))
+    manifest = pretrained_dir / "MANIFEST.json"
+    rc, _, stderr = run_main(["--run", str(run_dir), "--quality-json", str(q), "--name", "synthfaces16",
+                              "--out", str(pretrained_dir / "synthfaces16.safetensors"), "--manifest", str(manifest)])
+    assert rc == 0, stderr
+    rec = json.loads(manifest.read_text())["models"][-1]
+    assert rec["resumed_by"] == (f"python -m training.stylegan2.train --resume {run_dir}; once with --batch 256 "
+                                 f"--ema 80; once with --data /d/faces.zip")

@@ -597,3 +597,47 @@ def test_signal_stops_with_a_snapshot_then_resume(tmp_path, sig):
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"at step {latest['step']}," in resumed.stdout
     assert json.loads((run_dir / "latest.json").read_text())["step"] == latest["step"] + 2
+
+
+def test_resume_run_dir_with_new_batch_lr_ema_gamma_and_moved_data(tmp_path):
+    import shutil
+
+    data = write_png_folder(tmp_path / "data")
+    outdir = tmp_path / "runs"
+    rc, out, err = run_main(["--data", str(data), "--outdir", str(outdir), *TINY, "--kimg", "0.016", "--tick", "0.008",
+                             "--snap", "1", "--no-progress"])
+    assert rc == 0, err
+    run = next(outdir.glob("0*"))
+    step0 = json.loads((run / "latest.json").read_text())["step"]
+    assert step0 == 4
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(data, moved)
+    shutil.rmtree(data)
+    rc, _, err = run_main(["--resume", str(run), "--kimg", "0.032", "--no-progress"])
+    assert rc == 1 and "no such file" in err  # the run's own data path is gone
+    rc, _, err = run_main(["--resume", str(run), "--cfg", "auto", "--no-progress"])
+    assert rc == 1 and "may change (got --cfg)" in err
+    rc, _, err = run_main(["--resume", str(run), "--data", str(moved), "--batch", "6", "--no-progress"])
+    assert rc == 1 and "--batch-gpu 4 must divide the per-process batch 6" in err
+    rc, _, err = run_main(["--resume", str(run), "--data", str(moved), "--batch", "6", "--batch-gpu", "6"])
+    assert rc == 1 and "minibatch-stddev group size (4)" in err
+    assert json.loads((run / "training_options.json").read_text())["batch_size"] == 4  # errors change nothing
+
+    rc, out, err = run_main(["--resume", str(run), "--data", str(moved), "--batch", "8", "--glr", "0.001",
+                             "--ema", "0.02", "--gamma", "0.5", "--kimg", "0.032", "--no-progress"])
+    assert rc == 0, err
+    o = json.loads((run / "training_options.json").read_text())
+    assert (o["batch_size"], o["batch_gpu"], o["G_opt_kwargs"]["lr"], o["D_opt_kwargs"]["lr"], o["ema_kimg"],
+            o["loss_kwargs"]["r1_gamma"]) == (8, 4, 0.001, 0.0025, 0.02, 0.5)
+    assert o["data"]["path"] == str(moved.resolve())
+    assert {k: v for k, v in o["resume_changes"][-1].items() if k != "timestamp"} == dict(
+        batch=8, glr=0.001, ema=0.02, gamma=0.5, data=str(moved.resolve()))
+    latest = json.loads((run / "latest.json").read_text())
+    assert latest["cur_nimg"] == 32 and latest["step"] == step0 + 2  # 16 more images in steps of 8
+
+    # the optimiser keeps its state but takes the new learning rate
+    src = make_trainer()
+    src.train_step()
+    tr = make_trainer(["--glr", "0.001"], resume=dict(kind="state", state=src.state_dict(), source="mem"))
+    assert tr.opts["G"].param_groups[0]["lr"] == pytest.approx(0.001 * 4 / 5)
+    assert tr.opts["G"].state_dict()["state"][0]["step"] == src.opts["G"].state_dict()["state"][0]["step"]

@@ -189,6 +189,11 @@ def _fmt(x) -> str:
     return format(x, "g") if isinstance(x, float) else str(x)
 
 
+def _change_flags(change: dict) -> str:
+    """The flags of one training_options.json resume_changes entry, e.g. '--batch 256 --ema 80'."""
+    return " ".join(f"--{k.replace('_', '-')} {_fmt(v)}" for k, v in change.items() if k != "timestamp")
+
+
 def training_command(o: dict) -> str:
     """The `python -m training.stylegan2.train ...` command line that makes a run with options `o`
     (training_options.json): its data, outdir, cfg and every option that differs from what the cfg
@@ -496,6 +501,7 @@ def ship(run, *, quality_json, name: str, out, snapshot: str = "latest", manifes
         # options that --resume may change (kimg, snap, tick, workers, keep_states) show in made_by
         # with the values of the last resume
         "resumed_by": (f"python -m training.stylegan2.train --resume {o.get('run_dir') or run}"
+                       + "".join(f"; once with {_change_flags(c)}" for c in o.get("resume_changes", []))
                        if t["resumes"] else None),
         # kimg trained with float32 / bfloat16 CPU convolutions (--cpu-bf16, chosen at each resume)
         "kimg_by_conv_dtype": t["kimg_by_conv_dtype"],

@@ -7,6 +7,9 @@
         --resume ffhq256.pkl --freezed 10
     # continue an interrupted run where it stopped (its own options; --kimg may be raised)
     python -m training.stylegan2.train --resume runs/00003-faces64-lite-kimg200
+    # ... on a GPU machine, with its copy of the data, a larger batch and the G_ema half-life scaled to it
+    python -m training.stylegan2.train --resume runs/00003-faces64-lite-kimg200 --data /data/faces64.zip \
+        --device cuda --batch 256 --ema 80
     # 4 GPUs (or 2 CPU processes with gloo); --batch is the global batch
     torchrun --nproc_per_node 4 -m training.stylegan2.train --data ... --outdir ... --cfg auto --batch 64
 
@@ -37,6 +40,7 @@ import re
 import signal
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -47,7 +51,9 @@ DEFAULTS = dict(cfg="auto", snap=50, tick=4.0, seed=0, aug="ada", target=0.6, au
 METRICS = ("synthfaces", "none")
 # What `--resume RUN_DIR` lets you change when continuing a run (everything else comes from the run).
 RESUME_OVERRIDES = ("kimg", "snap", "tick", "workers", "keep_states", "device", "threads", "cpu_bf16", "progress",
-                    "dry_run", "resume")
+                    "dry_run", "resume", "batch", "batch_gpu", "glr", "dlr", "ema", "gamma", "data")
+# what a resume may change in how the run continues (recorded in training_options.json's resume_changes)
+RESUME_CHANGES = ("batch", "batch_gpu", "glr", "dlr", "ema", "gamma", "data")
 
 
 class UsageError(ValueError):
@@ -59,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("general")
     g.add_argument("--data", help="training data: image folder, dataset zip or CelebA folder "
-                                       "(required unless --resume RUN_DIR)")
+                                       "(required unless --resume RUN_DIR; with it, where that run's data is now)")
     g.add_argument("--outdir", help="where run directories are created (required unless --resume RUN_DIR)")
     g.add_argument("--cfg", choices=None, help="lite | auto | stylegan2 | paper256 | paper512 | paper1024 "
                                                  "(default: auto)")
@@ -103,7 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--augpipe", help="augmentation preset (default: bgc)")
     t = p.add_argument_group("transfer learning")
     t.add_argument("--resume", help="checkpoint to start from (name, .pkl/.pt/.safetensors, training state) "
-                                    "or a run directory to continue")
+                                    "or a run directory to continue (with its own options; --kimg, --snap, --tick, "
+                                    "--workers, --keep-states, --device, --threads, --cpu-bf16, --batch, "
+                                    "--batch-gpu, --glr, --dlr, --ema, --gamma and --data, for a copy of its "
+                                    "dataset, may change)")
     t.add_argument("--freezed", type=int, help="freeze the first N layers of D, counted from the input (default: 0)")
     t.add_argument("--warmup-d", dest="warmup_d", type=float,
                    help="train D alone (G and G_ema weights frozen) for the first KIMG thousand images; for a "
@@ -381,7 +390,8 @@ def options_for_resumed_run(args, run_dir: Path, *, world_size: int) -> dict:
     conflicts = sorted(k for k in a if k not in RESUME_OVERRIDES)
     if conflicts:
         raise UsageError("--resume RUN_DIR continues that run with its own options; only --kimg, --snap, --tick, "
-                         "--workers, --keep-states, --device, --threads, --cpu-bf16 may change (got " +
+                         "--workers, --keep-states, --device, --threads, --cpu-bf16, --batch, --batch-gpu, --glr, "
+                         "--dlr, --ema, --gamma and --data may change (got " +
                          ", ".join("--" + k.replace("_", "-") for k in conflicts) + ")")
     if "kimg" in a:
         if not a["kimg"] > 0:
@@ -399,6 +409,28 @@ def options_for_resumed_run(args, run_dir: Path, *, world_size: int) -> dict:
         o["workers"] = a["workers"]
     if "keep_states" in a:
         o["keep_states"] = a["keep_states"]
+    for key, (part, field) in (("glr", ("G_opt_kwargs", "lr")), ("dlr", ("D_opt_kwargs", "lr")),
+                               ("ema", (None, "ema_kimg")), ("gamma", ("loss_kwargs", "r1_gamma"))):
+        if key in a:
+            if not (a[key] > 0 or (key == "gamma" and a[key] == 0)):
+                raise UsageError(f"--{key} must be > {'=' if key == 'gamma' else ''} 0, got {a[key]}")
+            (o if part is None else o[part])[field] = a[key]
+    if "batch" in a or "batch_gpu" in a:
+        batch = a.get("batch", o["batch_size"])
+        if batch < 1 or batch % world_size != 0:
+            raise UsageError(f"--batch {batch} must be a positive multiple of the number of processes ({world_size})")
+        per_rank = batch // world_size
+        batch_gpu = a.get("batch_gpu", min(per_rank, o["batch_gpu"]))
+        if batch_gpu < 1 or per_rank % batch_gpu != 0:
+            raise UsageError(f"--batch-gpu {batch_gpu} must divide the per-process batch {per_rank}")
+        group = o["D_kwargs"].get("epilogue_kwargs", {}).get("mbstd_group_size") or 1
+        if batch_gpu % group != 0:
+            raise UsageError(f"images per forward pass ({batch_gpu}) must be a multiple of this run's "
+                             f"minibatch-stddev group size ({group})")
+        o["batch_size"], o["batch_gpu"] = batch, batch_gpu
+    changes = {k: (str(Path(a[k]).expanduser().resolve()) if k == "data" else a[k]) for k in RESUME_CHANGES if k in a}
+    if changes:
+        o.setdefault("resume_changes", []).append(dict(changes, timestamp=round(time.time(), 3)))
     if world_size != o["num_gpus"]:
         batch = o["batch_size"]
         if batch % world_size != 0:
@@ -506,9 +538,18 @@ def _run(args) -> int:
         resume_dir, options = _from_rank0(find_run_dir, rank, world)
         if resume_dir is not None:
             resume_dir = Path(resume_dir)
-            training_set = open_training_set(options["data"]["path"], use_labels=options["data"]["use_labels"],
+            moved = args.data is not None  # the same data elsewhere (another machine, another copy)
+            training_set = open_training_set(args.data if moved else options["data"]["path"],
+                                             use_labels=options["data"]["use_labels"],
                                              xflip=options["data"]["xflip"],
                                              resolution=options["data"]["resolution"])
+            if moved:
+                new = training_set.describe()
+                bad = [k for k in ("resolution", "num_channels", "label_dim") if new[k] != options["data"][k]]
+                if bad:
+                    raise UsageError(f"--data {args.data}: does not fit this run (" + ", ".join(
+                        f"{k} {new[k]} vs {options['data'][k]}" for k in bad) + ")")
+                options["data"] = dict(path=str(Path(args.data).expanduser().resolve()), **new)
         else:
             if args.data is None:
                 raise UsageError("--data is required (unless --resume names a run directory)")
@@ -564,7 +605,10 @@ def _run(args) -> int:
             else:
                 stored = json.loads((run_dir / "training_options.json").read_text())
                 changed = {k: options[k] for k in ("total_kimg", "snap", "kimg_per_tick", "workers", "keep_states",
-                                                   "num_gpus", "batch_gpu") if stored.get(k) != options[k]}
+                                                   "num_gpus", "batch_gpu", "batch_size", "G_opt_kwargs",
+                                                   "D_opt_kwargs", "ema_kimg", "loss_kwargs", "data",
+                                                   "resume_changes")
+                           if k in options and stored.get(k) != options[k]}
                 if changed:
                     stored.update(changed)
                     snap_io.atomic_write_json(run_dir / "training_options.json", stored)

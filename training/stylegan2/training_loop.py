@@ -478,10 +478,13 @@ class Trainer:
         for what, net in (("G", self.G), ("D", self.D), ("G_ema", self.G_ema)):
             net.load_state_dict({k: v.to(self.device) for k, v in state[what].items()}, strict=True)
         for name in ("G", "D"):
+            lrs = [g["lr"] for g in self.opts[name].param_groups]
             try:
                 self.opts[name].load_state_dict(state[f"{name}_opt"])
             except (ValueError, KeyError) as exc:
                 raise ValueError(f"{source}: {name} optimiser state does not fit this run ({exc})") from None
+            for g, lr in zip(self.opts[name].param_groups, lrs):  # the options' lr (--glr/--dlr may change it)
+                g["lr"] = lr
         if self.augment_pipe is not None and state.get("augment_pipe") is not None:
             self.augment_pipe.load_state_dict({k: v.to(self.device) for k, v in state["augment_pipe"].items()})
         if self.ada is not None and state.get("ada") is not None:
@@ -691,6 +694,7 @@ class Trainer:
             if is_resume:
                 self._prepare_resumed_log()
                 self._append_stats(dict(event="resume", step=self.batch_idx, kimg=self.cur_nimg / 1000,
+                                        batch=self.batch_size,
                                         device=device_description(self.device),
                                         next_tick=self.cur_tick, p=self.augment_p(), source=self.resumed_from,
                                         timestamp=time.time()))
