@@ -53,7 +53,7 @@ from .fileio import atomic_write_bytes
 
 __all__ = [
     "CheckpointError", "UnsafeCheckpointError", "UnsupportedCheckpointError", "RecordedObject",
-    "FORMAT_NVIDIA", "FORMAT_ROSINALITY", "FORMAT_STYLEMIX",
+    "FORMAT_NVIDIA", "FORMAT_ROSINALITY", "FORMAT_STYLEMIX", "save_discriminator",
     "detect_format", "load_generator", "load_networks", "save_generator", "describe",
     "read_nvidia_pickle", "rosinality_to_official", "official_to_rosinality", "generator_kwargs",
 ]
@@ -906,22 +906,37 @@ def save_generator(G, path, *, provenance: dict) -> Path:
     provenance: a JSON-serialisable dict saying where the weights come from (training run,
     converted file, licence...). It is stored as is and returned by load_networks()['provenance'].
     """
-    from safetensors.torch import save as st_save
-
-    from stylemix import __version__
     from stylemix.networks.stylegan2 import Generator
 
     if not isinstance(G, Generator):
         raise ValueError(f"save_generator() saves a stylemix Generator, got {type(G).__name__}")
+    return _save_network(G, "Generator", path, provenance=provenance)
+
+
+def save_discriminator(D, path, *, provenance: dict) -> Path:
+    """Write a StyleGAN2 Discriminator like save_generator (load_networks(path)['D'] reads it back),
+    so that a shipped generator can be fine-tuned with the discriminator it was trained against."""
+    from stylemix.networks.stylegan2 import Discriminator
+
+    if not isinstance(D, Discriminator):
+        raise ValueError(f"save_discriminator() saves a stylemix Discriminator, got {type(D).__name__}")
+    return _save_network(D, "Discriminator", path, provenance=provenance)
+
+
+def _save_network(net, network: str, path, *, provenance: dict) -> Path:
+    from safetensors.torch import save as st_save
+
+    from stylemix import __version__
+
     if not isinstance(provenance, dict):
         raise ValueError(f"provenance must be a dict, got {type(provenance).__name__}: {provenance!r}")
     provenance = _jsonable(provenance, "provenance")
-    kwargs = _jsonable(generator_kwargs(G), "generator kwargs")
-    sd = {k: v.detach().cpu().contiguous().clone() for k, v in G.state_dict().items()}
+    kwargs = _jsonable(generator_kwargs(net), f"{network} kwargs")
+    sd = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
     header = {
         "format": FORMAT_STYLEMIX,
         "format_version": STYLEMIX_FORMAT_VERSION,
-        "network": "Generator",
+        "network": network,
         "module": "stylemix.networks.stylegan2",
         "kwargs": kwargs,
         "provenance": provenance,
@@ -979,7 +994,7 @@ def _load_stylemix(path: Path, *, device, only: tuple[str, ...] | None) -> dict:
         raise CheckpointError(f"{path}: weights do not match the sha256 in the header "
                               f"({digest} vs {header.get('weights_sha256')}): the file was altered", path=path)
     net = _build(header["network"], (), header["kwargs"], sd, what=header["network"], path=path, device=device)
-    key = "G_ema" if header["network"] == "Generator" else header["network"]
+    key = {"Generator": "G_ema", "Discriminator": "D"}.get(header["network"], header["network"])
     return {key: net, "provenance": header.get("provenance", {}), "header": header, "format": FORMAT_STYLEMIX}
 
 
@@ -1061,7 +1076,7 @@ def load_networks(path_or_name, *, device="cpu") -> dict:
 
     NVIDIA pickles: {'G', 'D', 'G_ema': modules, 'augment_pipe': RecordedObject (not rebuilt),
     'training_set_kwargs': dict, 'format'}. rosinality: {'G_ema', 'G', 'D', ('args'), 'format'}.
-    StyleMix files: {'G_ema', 'provenance', 'header', 'format'}.
+    StyleMix files: {'G_ema' (or 'D' for a saved discriminator), 'provenance', 'header', 'format'}.
     """
     dev = _device(device)
     path = _resolve(path_or_name)

@@ -529,3 +529,19 @@ def test_registered_name_resolves_through_pretrained(official_pkl, tmp_path, mon
 def test_bad_device_is_value_error(official_pkl):
     with pytest.raises(ValueError, match="device"):
         load_generator(official_pkl, device="not-a-device")
+
+
+def test_save_discriminator_round_trip(tmp_path):
+    kw = dict(c_dim=0, img_resolution=16, img_channels=3, channel_base=256, channel_max=32)
+    torch.manual_seed(3)
+    D = Discriminator(**kw)
+    path = checkpoints.save_discriminator(D, tmp_path / "d.safetensors", provenance={"run": "x"})
+    nets = checkpoints.load_networks(path)
+    assert set(nets) >= {"D", "provenance"} and "G_ema" not in nets and nets["provenance"] == {"run": "x"}
+    assert all(torch.equal(a, b) for a, b in zip(nets["D"].state_dict().values(), D.state_dict().values()))
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(nets["D"](x, None), D.eval()(x, None))
+    with pytest.raises(CheckpointError, match="no generator in this checkpoint"):
+        checkpoints.load_generator(path)
+    with pytest.raises(ValueError, match="saves a stylemix Discriminator"):
+        checkpoints.save_discriminator(torch.nn.Linear(2, 2), tmp_path / "x.safetensors", provenance={})

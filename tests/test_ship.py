@@ -312,3 +312,49 @@ def test_ship_records_what_resumes_changed(run_dir, pretrained_dir, tmp_path):
     rec = json.loads(manifest.read_text())["models"][-1]
     assert rec["resumed_by"] == (f"python -m training.stylegan2.train --resume {run_dir}; once with --batch 256 "
                                  f"--ema 80; once with --data /d/faces.zip")
+
+
+def test_ship_with_d_pairs_the_discriminator_for_resume(run_dir, pretrained_dir, tmp_path, monkeypatch):
+    from stylemix.networks.stylegan2 import Discriminator
+    from training.stylegan2 import snapshot as snap_io
+
+    o = json.loads((run_dir / "training_options.json").read_text())
+    torch.manual_seed(5)
+    D = Discriminator(**o["D_kwargs"])
+    snap = run_dir / "network-snapshot-000000.008.safetensors"
+    q = write_quality(tmp_path, quality_report(snap))
+    manifest = pretrained_dir / "MANIFEST.json"
+    out = pretrained_dir / "synthfaces16.safetensors"
+    argv = ["--run", str(run_dir), "--quality-json", str(q), "--name", "synthfaces16", "--out", str(out),
+            "--manifest", str(manifest)]
+    before = manifest.read_bytes()
+    rc, _, err = run_main([*argv, "--with-d"])  # no training state saved at 0.008 kimg
+    assert rc == 1 and "--with-d: no training state for network-snapshot-000000.008.safetensors" in err
+    assert manifest.read_bytes() == before and not out.exists()
+
+    snap_io.atomic_torch_save({"format": snap_io.STATE_FORMAT, "version": 1, "D": D.state_dict()},
+                              run_dir / "training-state-000000.008.pt")
+    rc, stdout, err = run_main([*argv, "--with-d"])
+    assert rc == 0, err
+    d_out = pretrained_dir / "synthfaces16_discriminator.safetensors"
+    recs = {r["name"]: r for r in json.loads(manifest.read_text())["models"]}
+    rec = recs["synthfaces16-discriminator"]
+    assert rec["kind"] == "discriminator" and rec["model"] == "synthfaces16" and rec["path"] == d_out.name
+    assert rec["sha256"] == hashlib.sha256(d_out.read_bytes()).hexdigest() and rec["kimg"] == 0.008
+    # `train --resume <shipped file>` finds it beside the generator and gets exactly the run's D
+    nets = snap_io.load_resume_networks(out)
+    assert nets["D"] is not None and "(D: " in nets["source"]
+    assert all(torch.equal(nets["D"][k], v) for k, v in D.state_dict().items())
+    assert snap_io.load_resume_networks(snap)["D"] is None  # a snapshot in a run has no shipped D
+    with monkeypatch.context() as m:  # registered by name, as the real pretrained/ folder is
+        m.setattr(pretrained, "PRETRAINED_DIR", pretrained_dir)
+        by_name = snap_io.load_resume_networks("synthfaces16")
+        assert by_name["source"] == "synthfaces16 (D: synthfaces16-discriminator)"
+        assert all(torch.equal(by_name["D"][k], v) for k, v in D.state_dict().items())
+
+    # shipping new weights without --with-d removes the stale discriminator
+    rc, stdout, err = run_main(argv)
+    assert rc == 0, err
+    assert "removed 'synthfaces16-discriminator'" in stdout and not d_out.exists()
+    assert "synthfaces16-discriminator" not in {r["name"] for r in json.loads(manifest.read_text())["models"]}
+    assert snap_io.load_resume_networks(out)["D"] is None

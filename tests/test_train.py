@@ -641,3 +641,35 @@ def test_resume_run_dir_with_new_batch_lr_ema_gamma_and_moved_data(tmp_path):
     tr = make_trainer(["--glr", "0.001"], resume=dict(kind="state", state=src.state_dict(), source="mem"))
     assert tr.opts["G"].param_groups[0]["lr"] == pytest.approx(0.001 * 4 / 5)
     assert tr.opts["G"].state_dict()["state"][0]["step"] == src.opts["G"].state_dict()["state"][0]["step"]
+
+
+def test_ctrl_c_under_torchrun_stops_both_ranks_with_a_snapshot(tmp_path):
+    # A terminal's Ctrl-C reaches torchrun and both ranks (one process group); torchrun passes it on
+    # as well. Both ranks must stop at the same step, rank 0 writing the snapshot, within torchrun's
+    # grace period.
+    data = write_png_folder(tmp_path / "data")
+    outdir = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "training.stylegan2.train", "--data", str(data),
+           "--outdir", str(outdir), *[a if a != "4" else "8" for a in TINY], "--batch-gpu", "4",
+           "--kimg", "10", "--tick", "0.016", "--snap", "1000", "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        def two_ticks():
+            runs = list(outdir.glob("0*")) if outdir.exists() else []
+            st = runs[0] / "stats.jsonl" if runs else None
+            return runs[0] if st is not None and st.exists() and st.read_text().count('"tick"') >= 2 else None
+        run_dir = _wait_for(two_ticks, proc, 180, "two ticks")
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "stopped by SIGINT" in out, out[-3000:]
+    last = [json.loads(x) for x in (run_dir / "stats.jsonl").read_text().splitlines() if '"tick"' in x][-1]
+    latest = json.loads((run_dir / "latest.json").read_text())
+    assert latest["step"] == last["step"] and "snapshot" in last and last["kimg"] < 10
+    assert len(last["rank_digests"]) == 2 and last["rank_digests"][0] == last["rank_digests"][1]
+    state = snap_io.load_training_state(run_dir / latest["state"])
+    assert state["counters"]["batch_idx"] == latest["step"] and state["world_size"] == 2

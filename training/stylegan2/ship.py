@@ -22,15 +22,22 @@ options, interim) replaces the record of the same name in the manifest, in place
 record is kept as it is. Both files are written atomically (temporary file + rename), the model
 first. `--manifest` (default: MANIFEST.json next to `--out`) must be in a folder that holds `--out`.
 
+`--with-d` also ships the discriminator of the training state saved with that snapshot, as
+`<out stem>_discriminator.safetensors` with a record '<name>-discriminator' (kind 'discriminator',
+model '<name>'); `train --resume <name>` (or the shipped file's path) then fine-tunes with it
+instead of a fresh D. Shipping without it removes an older '<name>-discriminator' and its file.
+
 Errors print one line (`error: ...`) and exit with status 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import math
+import os
 import re
 import shlex
 import sys
@@ -413,13 +420,62 @@ def _same_model(quality: dict, snapshot: Path, digest: str) -> None:
 # Ship
 
 
+def remove_manifest_record(manifest, name: str) -> dict | None:
+    """Drop the record called `name` from `manifest` (atomically); returns it, or None if absent."""
+    from stylemix.fileio import atomic_write_text
+
+    manifest = Path(manifest)
+    if not manifest.exists():
+        return None
+    data = _read_json(manifest, "manifest")
+    models = data["models"] if isinstance(data, dict) else data
+    hit = [m for m in models if isinstance(m, dict) and m.get("name") == name]
+    if not hit:
+        return None
+    models[:] = [m for m in models if not (isinstance(m, dict) and m.get("name") == name)]
+    atomic_write_text(manifest, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    return hit[0]
+
+
+def _discriminator_bytes(run: Path, o: dict, nimg: int, snap_path: Path) -> tuple[bytes, Path]:
+    """The D of the training state saved with the snapshot, in StyleMix's safetensors format."""
+    from stylemix.checkpoints import save_discriminator
+    from stylemix.networks.stylegan2 import Discriminator
+
+    from . import snapshot as snap_io
+
+    state_path = run / f"training-state-{snap_io.snapshot_tag(nimg)}.pt"
+    if not state_path.is_file():
+        kept = sorted(p.name for p in run.glob("training-state-*.pt"))
+        raise ValueError(f"--with-d: no training state for {snap_path.name} ({state_path.name}); a run keeps "
+                         f"only its last --keep-states states (here: {', '.join(kept) or 'none'}): ship one of "
+                         f"those snapshots, or leave out --with-d")
+    state = snap_io.load_training_state(state_path)
+    D = Discriminator(**copy.deepcopy(o["D_kwargs"]))
+    D.load_state_dict(state["D"], strict=True)
+    tmp = run / f".discriminator-{os.getpid()}.tmp"
+    try:
+        save_discriminator(D, tmp, provenance=dict(trainer="training.stylegan2", run_dir=run.name,
+                                                   training_state=state_path.name, kimg=nimg / 1000))
+        return tmp.read_bytes(), state_path
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def ship(run, *, quality_json, name: str, out, snapshot: str = "latest", manifest=None, interim: bool = False,
-         description: str | None = None, licence: str = DEFAULT_LICENCE, log=print) -> dict:
-    """Copy the snapshot to `out` and write its record into `manifest`; returns the record."""
+         description: str | None = None, licence: str = DEFAULT_LICENCE, with_d: bool = False, log=print) -> dict:
+    """Copy the snapshot to `out` and write its record into `manifest`; returns the record.
+
+    with_d: also write the run's discriminator at that snapshot (from its training state) as
+    `<out stem>_discriminator.safetensors`, recorded as '<name>-discriminator', so that
+    `train --resume <name>` fine-tunes with it. Without it, an older '<name>-discriminator'
+    (record and file) is removed: it belongs to other weights."""
     import hashlib
 
     from stylemix.checkpoints import CheckpointError, load_generator, read_header, save_generator
     from stylemix.fileio import atomic_write_bytes
+
+    from .snapshot import DISCRIMINATOR_SUFFIX
 
     run = Path(run).expanduser()
     if not (run / "training_options.json").is_file():
@@ -475,6 +531,11 @@ def ship(run, *, quality_json, name: str, out, snapshot: str = "latest", manifes
     resolution = int(header["kwargs"]["img_resolution"])
     _same_model(quality, snap_path, digest)
 
+    d_data = d_state = None
+    d_out = out.with_name(out.stem + "_discriminator.safetensors")
+    if with_d:
+        d_data, d_state = _discriminator_bytes(run, o, nimg, snap_path)
+
     t = training_time(run, nimg)
     record = {
         "name": name,
@@ -516,6 +577,27 @@ def ship(run, *, quality_json, name: str, out, snapshot: str = "latest", manifes
     dropped = update_manifest_record(manifest, record)
     log(f"shipped {snap_path.name} (kimg {nimg / 1000:g}{', interim' if interim else ''}) as {name!r}: {out} "
         f"({record['size']} bytes, sha256 {record['sha256'][:16]}...), record in {manifest}")
+    d_name = name + DISCRIMINATOR_SUFFIX
+    if d_data is not None:
+        atomic_write_bytes(d_out, d_data)
+        d_record = {
+            "name": d_name, "path": d_out.resolve().relative_to(manifest.resolve().parent).as_posix(),
+            "sha256": hashlib.sha256(d_data).hexdigest(), "size": len(d_data), "resolution": resolution,
+            "kind": "discriminator", "model": name,
+            "description": f"the discriminator trained with {name} (same run, kimg {nimg / 1000:g}); "
+                           f"`train --resume {name}` fine-tunes with it",
+            "licence": licence, "source_page": "training/stylegan2/train.py", "made_by": record["made_by"],
+            "kimg": nimg / 1000, "snapshot": d_state.name, "run": run.name, "date": record["date"],
+        }
+        update_manifest_record(manifest, d_record)
+        log(f"shipped its discriminator as {d_name!r}: {d_out} ({len(d_data)} bytes)")
+    else:
+        old = remove_manifest_record(manifest, d_name)
+        stale = manifest.parent / old["path"] if old and old.get("path") else d_out
+        if old is not None or stale.is_file():
+            stale.unlink(missing_ok=True)
+            log(f"note: removed {d_name!r} ({stale.name}): it was trained with other weights (ship with --with-d "
+                f"to include this run's)")
     if dropped:
         log(f"note: new weights, so the old record's {', '.join(dropped)} were dropped")
     return record
@@ -534,10 +616,14 @@ def main(argv=None) -> int:
     ap.add_argument("--interim", action="store_true", help="ship a snapshot below the quality bar, marked interim")
     ap.add_argument("--description", help="one line for the model list (default: generated)")
     ap.add_argument("--licence", default=DEFAULT_LICENCE, help="licence line (default: the repository's)")
+    ap.add_argument("--with-d", dest="with_d", action="store_true",
+                    help="also ship the run's discriminator at that snapshot (from its training state) as "
+                         "<out stem>_discriminator.safetensors, so `train --resume NAME` can fine-tune with it")
     args = ap.parse_args(argv)
     try:
         ship(args.run, quality_json=args.quality_json, name=args.name, out=args.out, snapshot=args.snapshot,
-             manifest=args.manifest, interim=args.interim, description=args.description, licence=args.licence)
+             manifest=args.manifest, interim=args.interim, description=args.description, licence=args.licence,
+             with_d=args.with_d)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

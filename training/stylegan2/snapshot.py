@@ -201,7 +201,45 @@ def load_resume_networks(path_or_name) -> dict[str, Any]:
             if isinstance(net, torch.nn.Module) else None
     if out["G_ema"] is None and out["G"] is None:
         raise ValueError(f"{path_or_name}: no generator in this checkpoint")
+    if out["D"] is None:
+        d_src = find_discriminator(path_or_name)
+        if d_src is not None:
+            D = load_networks(d_src, device="cpu").get("D")
+            if isinstance(D, torch.nn.Module):
+                out["D"] = {k: v.detach().clone() for k, v in D.state_dict().items()}
+                out["source"] = f"{path_or_name} (D: {d_src})"
     return out
+
+
+DISCRIMINATOR_SUFFIX = "-discriminator"   # registry name of a shipped generator's D: '<model>-discriminator'
+
+
+def find_discriminator(path_or_name) -> str | None:
+    """The discriminator shipped with a generator file, or None: the registry entry
+    '<name>-discriminator' (kind 'discriminator') when the generator is that registered model (by
+    name, or its very file), else a '<stem>_discriminator.safetensors' file beside it."""
+    from stylemix import pretrained
+
+    text = str(path_or_name)
+    p = Path(text).expanduser()
+    name = None
+    if pretrained.is_registered(text) and not p.exists():
+        name = text
+    elif p.is_file() and pretrained.is_registered(p.stem):
+        try:
+            if pretrained.resolve(p.stem, progress=False).resolve() == p.resolve():
+                name = p.stem
+        except Exception:  # noqa: BLE001 -- an unavailable registry file: no pairing by name
+            name = None
+    if name is not None:
+        reg = name + DISCRIMINATOR_SUFFIX
+        if pretrained.is_registered(reg) and pretrained.get_entry(reg).kind == "discriminator":
+            return reg
+    if p.is_file():
+        sibling = p.with_name(p.stem + "_discriminator.safetensors")
+        if sibling.is_file():
+            return str(sibling)
+    return None
 
 
 def parse_tag(name: str) -> int | None:

@@ -23,9 +23,9 @@ training_options.json, stats.jsonl (one JSON line per tick: losses, p, img/s, ki
 reals.png, fakes_init.png, fakes<kimg>.png, network-snapshot-<kimg>.safetensors (G_ema, loadable
 with stylemix.checkpoints.load_generator), training-state-<kimg>.pt and latest.json.
 
-Ctrl-C or SIGTERM stops after the current step (under torchrun: at the end of the tick) with a
-snapshot and training state, then exits with status 130 / 143; `--resume RUN_DIR` continues. A second
-one aborts at once, losing the work since the last snapshot.
+Ctrl-C or SIGTERM stops after the current step (every process, under torchrun) with a snapshot and
+training state, then exits with status 130 / 143; `--resume RUN_DIR` continues. A second one, more
+than a second later, aborts at once, losing the work since the last snapshot.
 
 Errors print one line (`error: ...`) on stderr and exit with status 1 (2 for bad arguments).
 """
@@ -636,9 +636,16 @@ def _run_with_graceful_stop(trainer) -> dict:
     if threading.current_thread() is not threading.main_thread():
         return trainer.run()
 
+    first = []
+
     def handler(signum, _frame):
         if trainer.stop_signal is not None:
-            raise KeyboardInterrupt
+            # torchrun passes a terminal's Ctrl-C on to the ranks, which got it already: a repeat
+            # within a second is that echo; a later one is the user insisting.
+            if time.monotonic() - first[0] > 1.0:
+                raise KeyboardInterrupt
+            return
+        first.append(time.monotonic())
         trainer.request_stop(signum)
         if trainer.rank == 0:
             print(f"{signal.Signals(signum).name}: stopping after this step with a snapshot "

@@ -323,8 +323,8 @@ class Trainer:
         self.progress = progress and self.rank == 0
         self.metrics_fn = metrics_fn
         # Set (to a signal number) by request_stop, e.g. from a SIGINT/SIGTERM handler: run() then ends
-        # the tick early, writes a snapshot and returns (one process: after the current step; several:
-        # all of them at the end of the current tick).
+        # the tick early, writes a snapshot and returns after the current step (several processes
+        # agree on the step through one tiny all-reduce per step).
         self.stop_signal = None
         self._log = log or (lambda msg: print(msg, flush=True))
         if o["num_gpus"] != self.world_size:
@@ -737,7 +737,7 @@ class Trainer:
                 if self.world_size == 1:
                     stopping = self.stop_signal is not None
                 else:
-                    stopping = tick_end and self._agree_to_stop()
+                    stopping = self._agree_to_stop()
                 if not (tick_end or stopping):
                     continue
                 done = done or stopping
@@ -761,7 +761,7 @@ class Trainer:
                 snapshot = bool(snap) and (done or tick_no % int(snap) == 0)
                 if snapshot:
                     record.update(self.save_snapshot(commit=False))
-                    if self.metrics_fn is not None and self.rank == 0:
+                    if self.metrics_fn is not None and self.rank == 0 and not stopping:  # stop fast
                         record["metrics"] = self.metrics_fn(self.G_ema, self.cur_nimg / 1000)
                 # The log line goes before latest.json: a crash in between re-runs (and re-logs) this tick.
                 self._append_stats(record)
