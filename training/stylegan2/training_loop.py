@@ -524,7 +524,7 @@ class Trainer:
 
     def _agree_to_stop(self) -> bool:
         flag = torch.tensor([0.0 if self.stop_signal is None else 1.0], device=self.device)
-        dist.all_reduce(flag)  # every rank stops at the same tick, so the snapshot is consistent
+        dist.all_reduce(flag)  # every rank stops at the same step, so the snapshot is consistent
         return bool(flag.item() > 0)
 
     # -- one step --------------------------------------------------------------------------------
