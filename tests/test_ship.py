@@ -358,3 +358,31 @@ def test_ship_with_d_pairs_the_discriminator_for_resume(run_dir, pretrained_dir,
     assert "removed 'synthfaces16-discriminator'" in stdout and not d_out.exists()
     assert "synthfaces16-discriminator" not in {r["name"] for r in json.loads(manifest.read_text())["models"]}
     assert snap_io.load_resume_networks(out)["D"] is None
+
+
+def test_ship_counts_the_images_of_the_checkpoint_a_run_continued(run_dir, pretrained_dir, tmp_path):
+    from training.stylegan2 import snapshot as snap_io
+
+    snap = run_dir / "network-snapshot-000000.008.safetensors"
+    assert snap_io.load_resume_networks(snap)["earlier_kimg"] == pytest.approx(0.008)  # its provenance's kimg
+    save_generator(tiny_G(7), tmp_path / "cont.safetensors",
+                   provenance={"trainer": "training.stylegan2", "kimg": 0.5, "kimg_total": 456.5})
+    assert snap_io.load_resume_networks(tmp_path / "cont.safetensors")["earlier_kimg"] == 456.5
+    save_generator(tiny_G(7), tmp_path / "other.safetensors", provenance={"trained_on": "elsewhere", "kimg": 9})
+    assert snap_io.load_resume_networks(tmp_path / "other.safetensors")["earlier_kimg"] is None
+
+    manifest = pretrained_dir / "MANIFEST.json"
+    argv = ["--run", str(run_dir), "--quality-json", str(write_quality(tmp_path, quality_report(snap))),
+            "--name", "synthfaces16", "--out", str(pretrained_dir / "synthfaces16.safetensors"), "--manifest",
+            str(manifest)]
+    rc, _, err = run_main(argv)
+    assert rc == 0, err
+    rec = json.loads(manifest.read_text())["models"][-1]
+    assert "kimg_total" not in rec and "continued_from" not in rec  # a run from random weights
+    o = json.loads((run_dir / "training_options.json").read_text())
+    o.update(resume="synthfaces64-next", resume_kimg=456.032)
+    (run_dir / "training_options.json").write_text(json.dumps(o))
+    rc, _, err = run_main(argv)
+    assert rc == 0, err
+    rec = json.loads(manifest.read_text())["models"][-1]
+    assert rec["kimg"] == 0.008 and rec["kimg_total"] == 456.04 and rec["continued_from"] == "synthfaces64-next"

@@ -357,6 +357,63 @@ def test_finetune_from_official_pickle_and_from_snapshot(tmp_path):
     assert any("no D" in m for m in logs)
 
 
+def test_finetune_starts_the_path_length_mean_at_the_measured_lengths(tmp_path):
+    from stylemix.checkpoints import save_generator
+
+    src = make_trainer()
+    for _ in range(2):
+        src.train_step()
+    save_generator(src.G_ema, tmp_path / "g.safetensors", provenance={"test": True})
+    nets = snap_io.load_resume_networks(tmp_path / "g.safetensors")
+    # The same G and seed twice: one starts pl_mean at its first measurement, one (the official way,
+    # kept for runs from scratch) moves it 1% of the way from 0. The first PL step sees the same lengths.
+    # (each built right before its step: building a trainer seeds torch's global RNG)
+    measured = make_trainer(resume=dict(kind="networks", **nets))
+    assert measured.loss.pl_mean_from_first and not src.loss.pl_mean_from_first
+    measured.train_step()
+    official = make_trainer(resume=dict(kind="networks", **nets))
+    official.loss.pl_mean_from_first = False
+    official.train_step()
+    assert float(official.loss.pl_mean) > 0
+    assert float(measured.loss.pl_mean) == pytest.approx(float(official.loss.pl_mean) / 0.01, rel=1e-4)
+    assert not measured.loss.pl_mean_from_first
+
+    # Pending through --warmup-d (G's first PL step comes after it), also across a training-state resume.
+    warm = make_trainer(["--warmup-d", "0.008"], resume=dict(kind="networks", **nets))
+    warm.train_step()
+    assert warm.loss.pl_mean_from_first and float(warm.loss.pl_mean) == 0
+    state = warm.state_dict()
+    again = make_trainer(["--warmup-d", "0.008"])
+    assert not again.loss.pl_mean_from_first
+    again.load_state_dict(state)
+    assert again.loss.pl_mean_from_first
+    while again.batch_idx <= 4:  # past the warm-up, and then G's first PL step (every 4th step)
+        again.train_step()
+    assert not again.loss.pl_mean_from_first and float(again.loss.pl_mean) > 0
+
+
+def test_cli_finetune_snapshots_count_the_checkpoints_images(tmp_path):
+    from stylemix.checkpoints import load_generator, read_header, save_generator
+
+    data = write_png_folder(tmp_path / "data")
+    src = make_trainer()
+    save_generator(src.G_ema, tmp_path / "g.safetensors",
+                   provenance={"trainer": "training.stylegan2", "kimg": 12.0, "kimg_total": 300.0})
+    rc, _, err = run_main(["--data", str(data), "--outdir", str(tmp_path / "runs"), *TINY, "--kimg", "0.008",
+                           "--tick", "0.004", "--snap", "1", "--no-progress", "--resume", str(tmp_path / "g.safetensors")])
+    assert rc == 0, err
+    run = next((tmp_path / "runs").iterdir())
+    assert json.loads((run / "training_options.json").read_text())["resume_kimg"] == 300.0
+    prov = read_header(snap_io.read_latest(run)["network_path"])["provenance"]
+    assert prov["kimg"] == 0.008 and prov["kimg_total"] == pytest.approx(300.008)
+    # resuming that run's last snapshot in turn counts on from there
+    nets = snap_io.load_resume_networks(snap_io.read_latest(run)["network_path"])
+    assert nets["earlier_kimg"] == pytest.approx(300.008)
+    nets = snap_io.load_resume_networks(snap_io.read_latest(run)["state_path"])
+    assert nets["earlier_kimg"] == pytest.approx(300.008)
+    assert load_generator(snap_io.read_latest(run)["network_path"]).img_resolution == 16
+
+
 def test_snapshot_files_and_atomicity(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

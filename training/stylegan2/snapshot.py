@@ -184,17 +184,21 @@ def check_state_dict_match(src: dict[str, torch.Tensor], dst: torch.nn.Module, *
 
 
 def load_resume_networks(path_or_name) -> dict[str, Any]:
-    """{'G', 'D', 'G_ema': state dicts or None, 'source': str, 'format': str} from anything
-    stylemix.checkpoints reads (official pickles, rosinality, StyleMix files, registered names)
-    or from a StyleMix training state file."""
+    """{'G', 'D', 'G_ema': state dicts or None, 'source': str, 'format': str, 'earlier_kimg': float or
+    None} from anything stylemix.checkpoints reads (official pickles, rosinality, StyleMix files,
+    registered names) or from a StyleMix training state file. `earlier_kimg`: the images (thousands)
+    the checkpoint was trained on, where this trainer made it (see trained_kimg)."""
     p = Path(str(path_or_name)).expanduser()
     if p.is_file() and is_training_state(p):
         state = load_training_state(p)
-        return dict(G=state["G"], D=state["D"], G_ema=state["G_ema"], source=str(p), format=STATE_FORMAT)
+        earlier = float((state.get("options") or {}).get("resume_kimg") or 0)
+        return dict(G=state["G"], D=state["D"], G_ema=state["G_ema"], source=str(p), format=STATE_FORMAT,
+                    earlier_kimg=earlier + int(state["counters"]["cur_nimg"]) / 1000)
     from stylemix.checkpoints import load_networks
 
     nets = load_networks(path_or_name, device="cpu")
-    out: dict[str, Any] = dict(source=str(path_or_name), format=nets.get("format"))
+    out: dict[str, Any] = dict(source=str(path_or_name), format=nets.get("format"),
+                               earlier_kimg=trained_kimg(nets.get("provenance")))
     for name in ("G", "D", "G_ema"):
         net = nets.get(name)
         out[name] = {k: v.detach().clone() for k, v in net.state_dict().items()} \
@@ -209,6 +213,18 @@ def load_resume_networks(path_or_name) -> dict[str, Any]:
                 out["D"] = {k: v.detach().clone() for k, v in D.state_dict().items()}
                 out["source"] = f"{path_or_name} (D: {d_src})"
     return out
+
+
+def trained_kimg(provenance) -> float | None:
+    """Thousands of images a StyleMix training snapshot has seen in all (its `kimg_total`, else its
+    run's `kimg`), from its provenance; None for anything this trainer did not write."""
+    if not isinstance(provenance, dict) or provenance.get("trainer") != "training.stylegan2":
+        return None
+    value = provenance.get("kimg_total", provenance.get("kimg"))
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 DISCRIMINATOR_SUFFIX = "-discriminator"   # registry name of a shipped generator's D: '<model>-discriminator'

@@ -581,6 +581,8 @@ def _run(args) -> int:
                     nets = snap_io.load_resume_networks(options["resume"])
                     return dict(kind="networks", **nets)
                 resume = _from_rank0(load_nets, rank, world)
+                # what the checkpoint had seen, so snapshots and ship count the images in all
+                options["resume_kimg"] = resume.get("earlier_kimg")
             run_dir = None
 
         # Built before a new run directory exists: a checkpoint that does not fit leaves nothing behind.

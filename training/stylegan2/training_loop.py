@@ -443,6 +443,8 @@ class Trainer:
                     self._log(f"note: {source} has no {what}; {what} starts from random weights")
                 continue
             net.load_state_dict({k: v.to(self.device) for k, v in sd.items()}, strict=True)
+        # A trained G: the path-length mean starts at the measured lengths (see StyleGAN2Loss).
+        self.loss.pl_mean_from_first = g_src is not None
         self.resumed_from = source
 
     # -- state -----------------------------------------------------------------------------------
@@ -467,7 +469,7 @@ class Trainer:
             G_opt=opt_cpu(self.opts["G"].state_dict()), D_opt=opt_cpu(self.opts["D"].state_dict()),
             augment_pipe=cpu(self.augment_pipe.state_dict()) if self.augment_pipe is not None else None,
             ada=self.ada.state_dict() if self.ada is not None else None,
-            pl_mean=self.loss.pl_mean.detach().cpu().clone(),
+            pl_mean=self.loss.pl_mean.detach().cpu().clone(), pl_mean_from_first=self.loss.pl_mean_from_first,
             counters=self.counters(), world_size=self.world_size,
             rng=rng if rng is not None else [snap_io.get_rng_state()],
         )
@@ -491,6 +493,8 @@ class Trainer:
             self.ada.load_state_dict(state["ada"])
         if state.get("pl_mean") is not None:
             self.loss.pl_mean.copy_(state["pl_mean"].to(self.device))
+        # still pending after a snapshot taken before G's first PL step (e.g. during --warmup-d)
+        self.loss.pl_mean_from_first = bool(state.get("pl_mean_from_first", False))
         c = state["counters"]
         self.cur_nimg, self.batch_idx, self.cur_tick = int(c["cur_nimg"]), int(c["batch_idx"]), int(c["cur_tick"])
         self.tick_start_nimg, self.total_sec = int(c["tick_start_nimg"]), float(c["total_sec"])
@@ -624,6 +628,8 @@ class Trainer:
         provenance = dict(trainer="training.stylegan2", run_dir=self.run_dir.name, cfg=self.options.get("cfg"),
                           dataset=self.options.get("data", {}).get("name"), kimg=self.cur_nimg / 1000,
                           step=self.batch_idx, augment_p=self.augment_p(), seed=self.options.get("random_seed"))
+        if self.options.get("resume_kimg") is not None:  # fine-tuned from one of this trainer's snapshots
+            provenance["kimg_total"] = float(self.options["resume_kimg"]) + self.cur_nimg / 1000
         G_ema = self.G_ema
         if self.device.type != "cpu":
             G_ema = copy.deepcopy(self.G_ema).cpu()
