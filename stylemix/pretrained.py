@@ -47,7 +47,9 @@ CONNECT_TIMEOUT = 10.0   # seconds to open the connection
 READ_TIMEOUT = 60.0      # seconds without a byte before giving up
 CHUNK_SIZE = 1 << 20     # bytes per read while streaming
 
-KINDS = ("generator", "networks", "discriminator", "encoder", "classifier", "other")
+# 'discriminator' / 'training-generator': a shipped generator's D and G (its training weights; the
+# generator file holds G_ema), for fine-tuning it (training.stylegan2.ship --with-d)
+KINDS = ("generator", "networks", "discriminator", "training-generator", "encoder", "classifier", "other")
 
 
 class FetchError(RuntimeError):

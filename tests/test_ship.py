@@ -314,13 +314,14 @@ def test_ship_records_what_resumes_changed(run_dir, pretrained_dir, tmp_path):
                                  f"--ema 80; once with --data /d/faces.zip")
 
 
-def test_ship_with_d_pairs_the_discriminator_for_resume(run_dir, pretrained_dir, tmp_path, monkeypatch):
+def test_ship_with_d_pairs_the_discriminator_and_g_for_resume(run_dir, pretrained_dir, tmp_path, monkeypatch):
     from stylemix.networks.stylegan2 import Discriminator
     from training.stylegan2 import snapshot as snap_io
 
     o = json.loads((run_dir / "training_options.json").read_text())
     torch.manual_seed(5)
     D = Discriminator(**o["D_kwargs"])
+    G = tiny_G(11)  # the run's G at the snapshot (the snapshot file holds G_ema)
     snap = run_dir / "network-snapshot-000000.008.safetensors"
     q = write_quality(tmp_path, quality_report(snap))
     manifest = pretrained_dir / "MANIFEST.json"
@@ -332,32 +333,47 @@ def test_ship_with_d_pairs_the_discriminator_for_resume(run_dir, pretrained_dir,
     assert rc == 1 and "--with-d: no training state for network-snapshot-000000.008.safetensors" in err
     assert manifest.read_bytes() == before and not out.exists()
 
-    snap_io.atomic_torch_save({"format": snap_io.STATE_FORMAT, "version": 1, "D": D.state_dict()},
-                              run_dir / "training-state-000000.008.pt")
+    snap_io.atomic_torch_save({"format": snap_io.STATE_FORMAT, "version": 1, "D": D.state_dict(),
+                               "G": G.state_dict()}, run_dir / "training-state-000000.008.pt")
     rc, stdout, err = run_main([*argv, "--with-d"])
     assert rc == 0, err
     d_out = pretrained_dir / "synthfaces16_discriminator.safetensors"
+    g_out = pretrained_dir / "synthfaces16_training_generator.safetensors"
     recs = {r["name"]: r for r in json.loads(manifest.read_text())["models"]}
-    rec = recs["synthfaces16-discriminator"]
-    assert rec["kind"] == "discriminator" and rec["model"] == "synthfaces16" and rec["path"] == d_out.name
-    assert rec["sha256"] == hashlib.sha256(d_out.read_bytes()).hexdigest() and rec["kimg"] == 0.008
-    # `train --resume <shipped file>` finds it beside the generator and gets exactly the run's D
+    for kind, path in (("discriminator", d_out), ("training-generator", g_out)):
+        rec = recs[f"synthfaces16-{kind}"]
+        assert rec["kind"] == kind and rec["model"] == "synthfaces16" and rec["path"] == path.name
+        assert rec["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() and rec["kimg"] == 0.008
+        assert rec["snapshot"] == "training-state-000000.008.pt"
+    assert read_header(g_out)["provenance"]["weights"] == "G"
+
+    def same(a, b):
+        return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+    # `train --resume <shipped file>` finds both beside the generator: G, G_ema and D of the run
     nets = snap_io.load_resume_networks(out)
-    assert nets["D"] is not None and "(D: " in nets["source"]
-    assert all(torch.equal(nets["D"][k], v) for k, v in D.state_dict().items())
-    assert snap_io.load_resume_networks(snap)["D"] is None  # a snapshot in a run has no shipped D
+    assert same(nets["D"], D.state_dict()) and same(nets["G"], G.state_dict())
+    assert same(nets["G_ema"], load_generator(snap).state_dict())
+    assert "D: " in nets["source"] and "G: " in nets["source"]
+    bare = snap_io.load_resume_networks(snap)  # a snapshot in a run has no shipped companions
+    assert bare["D"] is None and bare["G"] is None
     with monkeypatch.context() as m:  # registered by name, as the real pretrained/ folder is
         m.setattr(pretrained, "PRETRAINED_DIR", pretrained_dir)
         by_name = snap_io.load_resume_networks("synthfaces16")
-        assert by_name["source"] == "synthfaces16 (D: synthfaces16-discriminator)"
-        assert all(torch.equal(by_name["D"][k], v) for k, v in D.state_dict().items())
+        assert by_name["source"] == ("synthfaces16 (D: synthfaces16-discriminator, "
+                                     "G: synthfaces16-training-generator)")
+        assert same(by_name["D"], D.state_dict()) and same(by_name["G"], G.state_dict())
+        assert pretrained.get_entry("synthfaces16-training-generator").kind == "training-generator"
 
-    # shipping new weights without --with-d removes the stale discriminator
+    # shipping new weights without --with-d removes the stale companions
     rc, stdout, err = run_main(argv)
     assert rc == 0, err
     assert "removed 'synthfaces16-discriminator'" in stdout and not d_out.exists()
-    assert "synthfaces16-discriminator" not in {r["name"] for r in json.loads(manifest.read_text())["models"]}
-    assert snap_io.load_resume_networks(out)["D"] is None
+    assert "removed 'synthfaces16-training-generator'" in stdout and not g_out.exists()
+    names = {r["name"] for r in json.loads(manifest.read_text())["models"]}
+    assert not names & {"synthfaces16-discriminator", "synthfaces16-training-generator"}
+    nets = snap_io.load_resume_networks(out)
+    assert nets["D"] is None and nets["G"] is None
 
 
 def test_ship_counts_the_images_of_the_checkpoint_a_run_continued(run_dir, pretrained_dir, tmp_path):

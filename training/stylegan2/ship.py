@@ -22,10 +22,13 @@ options, interim) replaces the record of the same name in the manifest, in place
 record is kept as it is. Both files are written atomically (temporary file + rename), the model
 first. `--manifest` (default: MANIFEST.json next to `--out`) must be in a folder that holds `--out`.
 
-`--with-d` also ships the discriminator of the training state saved with that snapshot, as
-`<out stem>_discriminator.safetensors` with a record '<name>-discriminator' (kind 'discriminator',
-model '<name>'); `train --resume <name>` (or the shipped file's path) then fine-tunes with it
-instead of a fresh D. Shipping without it removes an older '<name>-discriminator' and its file.
+`--with-d` also ships the discriminator and the generator's training weights (G; the model file is
+G_ema) of the training state saved with that snapshot, as `<out stem>_discriminator.safetensors`
+and `<out stem>_training_generator.safetensors` with records '<name>-discriminator' and
+'<name>-training-generator' (kinds 'discriminator' / 'training-generator', model '<name>');
+`train --resume <name>` (or the shipped file's path) then continues from G, G_ema and D instead of
+G_ema and a fresh D (only the optimisers' state is new). Shipping without it removes older
+companions and their files.
 
 Errors print one line (`error: ...`) and exit with status 1.
 """
@@ -437,10 +440,11 @@ def remove_manifest_record(manifest, name: str) -> dict | None:
     return hit[0]
 
 
-def _discriminator_bytes(run: Path, o: dict, nimg: int, snap_path: Path) -> tuple[bytes, Path]:
-    """The D of the training state saved with the snapshot, in StyleMix's safetensors format."""
-    from stylemix.checkpoints import save_discriminator
-    from stylemix.networks.stylegan2 import Discriminator
+def _companion_bytes(run: Path, o: dict, nimg: int, snap_path: Path) -> tuple[dict[str, bytes], Path]:
+    """{'discriminator': D, 'training-generator': G} of the training state saved with the snapshot,
+    each in StyleMix's safetensors format."""
+    from stylemix.checkpoints import save_discriminator, save_generator
+    from stylemix.networks.stylegan2 import Discriminator, Generator
 
     from . import snapshot as snap_io
 
@@ -451,31 +455,42 @@ def _discriminator_bytes(run: Path, o: dict, nimg: int, snap_path: Path) -> tupl
                          f"only its last --keep-states states (here: {', '.join(kept) or 'none'}): ship one of "
                          f"those snapshots, or leave out --with-d")
     state = snap_io.load_training_state(state_path)
-    D = Discriminator(**copy.deepcopy(o["D_kwargs"]))
-    D.load_state_dict(state["D"], strict=True)
-    tmp = run / f".discriminator-{os.getpid()}.tmp"
-    try:
-        save_discriminator(D, tmp, provenance=dict(trainer="training.stylegan2", run_dir=run.name,
-                                                   training_state=state_path.name, kimg=nimg / 1000))
-        return tmp.read_bytes(), state_path
-    finally:
-        tmp.unlink(missing_ok=True)
+    provenance = dict(trainer="training.stylegan2", run_dir=run.name, training_state=state_path.name,
+                      kimg=nimg / 1000)
+    if o.get("resume_kimg") is not None:
+        provenance["kimg_total"] = float(o["resume_kimg"]) + nimg / 1000
+    out = {}
+    for kind, key, cls, kwargs, save in (("discriminator", "D", Discriminator, o["D_kwargs"], save_discriminator),
+                                         ("training-generator", "G", Generator, o["G_kwargs"], save_generator)):
+        if state.get(key) is None:
+            raise ValueError(f"--with-d: {state_path.name} holds no {key}")
+        net = cls(**copy.deepcopy(kwargs))
+        net.load_state_dict(state[key], strict=True)
+        net.init_kwargs = copy.deepcopy(kwargs)
+        tmp = run / f".{kind}-{os.getpid()}.tmp"
+        try:
+            save(net, tmp, provenance=dict(provenance, weights=key))
+            out[kind] = tmp.read_bytes()
+        finally:
+            tmp.unlink(missing_ok=True)
+    return out, state_path
 
 
 def ship(run, *, quality_json, name: str, out, snapshot: str = "latest", manifest=None, interim: bool = False,
          description: str | None = None, licence: str = DEFAULT_LICENCE, with_d: bool = False, log=print) -> dict:
     """Copy the snapshot to `out` and write its record into `manifest`; returns the record.
 
-    with_d: also write the run's discriminator at that snapshot (from its training state) as
-    `<out stem>_discriminator.safetensors`, recorded as '<name>-discriminator', so that
-    `train --resume <name>` fine-tunes with it. Without it, an older '<name>-discriminator'
-    (record and file) is removed: it belongs to other weights."""
+    with_d: also write the run's D and G at that snapshot (from its training state) as
+    `<out stem>_discriminator.safetensors` and `<out stem>_training_generator.safetensors`, recorded
+    as '<name>-discriminator' and '<name>-training-generator', so that `train --resume <name>`
+    continues from G, G_ema and D. Without it, older companions (records and files) are removed:
+    they belong to other weights."""
     import hashlib
 
     from stylemix.checkpoints import CheckpointError, load_generator, read_header, save_generator
     from stylemix.fileio import atomic_write_bytes
 
-    from .snapshot import DISCRIMINATOR_SUFFIX
+    from .snapshot import COMPANION_KINDS, companion_file
 
     run = Path(run).expanduser()
     if not (run / "training_options.json").is_file():
@@ -531,10 +546,9 @@ def ship(run, *, quality_json, name: str, out, snapshot: str = "latest", manifes
     resolution = int(header["kwargs"]["img_resolution"])
     _same_model(quality, snap_path, digest)
 
-    d_data = d_state = None
-    d_out = out.with_name(out.stem + "_discriminator.safetensors")
+    companions, state_path = {}, None
     if with_d:
-        d_data, d_state = _discriminator_bytes(run, o, nimg, snap_path)
+        companions, state_path = _companion_bytes(run, o, nimg, snap_path)
 
     t = training_time(run, nimg)
     record = {
@@ -582,27 +596,30 @@ def ship(run, *, quality_json, name: str, out, snapshot: str = "latest", manifes
     dropped = update_manifest_record(manifest, record)
     log(f"shipped {snap_path.name} (kimg {nimg / 1000:g}{', interim' if interim else ''}) as {name!r}: {out} "
         f"({record['size']} bytes, sha256 {record['sha256'][:16]}...), record in {manifest}")
-    d_name = name + DISCRIMINATOR_SUFFIX
-    if d_data is not None:
-        atomic_write_bytes(d_out, d_data)
-        d_record = {
-            "name": d_name, "path": d_out.resolve().relative_to(manifest.resolve().parent).as_posix(),
-            "sha256": hashlib.sha256(d_data).hexdigest(), "size": len(d_data), "resolution": resolution,
-            "kind": "discriminator", "model": name,
-            "description": f"the discriminator trained with {name} (same run, kimg {nimg / 1000:g}); "
-                           f"`train --resume {name}` fine-tunes with it",
-            "licence": licence, "source_page": "training/stylegan2/train.py", "made_by": record["made_by"],
-            "kimg": nimg / 1000, "snapshot": d_state.name, "run": run.name, "date": record["date"],
-        }
-        update_manifest_record(manifest, d_record)
-        log(f"shipped its discriminator as {d_name!r}: {d_out} ({len(d_data)} bytes)")
-    else:
-        old = remove_manifest_record(manifest, d_name)
-        stale = manifest.parent / old["path"] if old and old.get("path") else d_out
-        if old is not None or stale.is_file():
-            stale.unlink(missing_ok=True)
-            log(f"note: removed {d_name!r} ({stale.name}): it was trained with other weights (ship with --with-d "
-                f"to include this run's)")
+    what = {"discriminator": "discriminator", "training-generator": "G (training weights; this file is G_ema)"}
+    for kind in COMPANION_KINDS:
+        c_name, c_out = f"{name}-{kind}", companion_file(out, kind)
+        if kind in companions:
+            c_data = companions[kind]
+            atomic_write_bytes(c_out, c_data)
+            c_record = {
+                "name": c_name, "path": c_out.resolve().relative_to(manifest.resolve().parent).as_posix(),
+                "sha256": hashlib.sha256(c_data).hexdigest(), "size": len(c_data), "resolution": resolution,
+                "kind": kind, "model": name,
+                "description": f"the {what[kind]} of {name}'s run at the same snapshot (kimg {nimg / 1000:g}); "
+                               f"`train --resume {name}` continues with it",
+                "licence": licence, "source_page": "training/stylegan2/train.py", "made_by": record["made_by"],
+                "kimg": nimg / 1000, "snapshot": state_path.name, "run": run.name, "date": record["date"],
+            }
+            update_manifest_record(manifest, c_record)
+            log(f"shipped its {kind} as {c_name!r}: {c_out} ({len(c_data)} bytes)")
+        else:
+            old = remove_manifest_record(manifest, c_name)
+            stale = manifest.parent / old["path"] if old and old.get("path") else c_out
+            if old is not None or stale.is_file():
+                stale.unlink(missing_ok=True)
+                log(f"note: removed {c_name!r} ({stale.name}): it was trained with other weights (ship with "
+                    f"--with-d to include this run's)")
     if dropped:
         log(f"note: new weights, so the old record's {', '.join(dropped)} were dropped")
     return record
@@ -622,8 +639,9 @@ def main(argv=None) -> int:
     ap.add_argument("--description", help="one line for the model list (default: generated)")
     ap.add_argument("--licence", default=DEFAULT_LICENCE, help="licence line (default: the repository's)")
     ap.add_argument("--with-d", dest="with_d", action="store_true",
-                    help="also ship the run's discriminator at that snapshot (from its training state) as "
-                         "<out stem>_discriminator.safetensors, so `train --resume NAME` can fine-tune with it")
+                    help="also ship the run's D and G at that snapshot (from its training state) as "
+                         "<out stem>_discriminator.safetensors and <out stem>_training_generator.safetensors, "
+                         "so that `train --resume NAME` continues the run")
     args = ap.parse_args(argv)
     try:
         ship(args.run, quality_json=args.quality_json, name=args.name, out=args.out, snapshot=args.snapshot,

@@ -27,6 +27,7 @@ snapshot is written (see snapshot.py).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -290,6 +291,13 @@ class _Stats:
 
 # ------------------------------------------------------------------------------------------------
 # Trainer
+
+# Phases that keep float32 convolutions under --cpu-bf16. R1's gradient (a double backward through
+# D) came out wrong with oneDNN's AMX bfloat16 kernels: cosine similarity 0.964 to the float32
+# gradient on tests/test_train.py's tiny D (Intel Xeon with AMX, torch 2.13 / oneDNN 3.12), against
+# 0.9995 with AMX switched off (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16, which made the whole step 2.4x
+# slower). Dmain, Gmain and Greg agree as well with and without AMX. Dreg runs every 16th step.
+FLOAT32_PHASES = ("Dreg",)
 
 
 class _Phase:
@@ -561,9 +569,10 @@ class Trainer:
                 continue
             phase.opt.zero_grad(set_to_none=True)
             phase.module.requires_grad_(True)
-            for r in range(self.rounds):
-                self.loss.accumulate_gradients(phase.name, real_img[r], real_c[r], gen_z[r], gen_c[r],
-                                               gain=phase.interval)
+            with cpu_conv_dtype(None) if phase.name in FLOAT32_PHASES else contextlib.nullcontext():
+                for r in range(self.rounds):
+                    self.loss.accumulate_gradients(phase.name, real_img[r], real_c[r], gen_z[r], gen_c[r],
+                                                   gain=phase.interval)
             phase.module.requires_grad_(False)
             _average_grads(phase.module, self.world_size)
             phase.opt.step()
