@@ -72,7 +72,7 @@ class StyleGAN2Loss:
         # True: the next path-length phase sets pl_mean to the lengths it measures instead of moving
         # it 1% of the way from 0. For a generator that is already trained (fine-tuning), whose
         # lengths are far from 0, the official start at 0 makes the first few hundred PL steps push
-        # every sample's lengths toward 0 (on the 456 kimg synthfaces64: mean length 0.20, penalty
+        # every sample's lengths toward 0 (456 kimg synthfaces64, 64 samples: mean length 0.20, penalty
         # 0.047 at pl_mean 0 against 0.007 around the mean). From scratch the lengths start near 0,
         # so runs from random weights keep the official behaviour (False).
         self.pl_mean_from_first = False
