@@ -457,8 +457,8 @@ def _companion_bytes(run: Path, o: dict, nimg: int, snap_path: Path) -> tuple[di
     state = snap_io.load_training_state(state_path)
     provenance = dict(trainer="training.stylegan2", run_dir=run.name, training_state=state_path.name,
                       kimg=nimg / 1000)
-    if o.get("resume_kimg") is not None:
-        provenance["kimg_total"] = float(o["resume_kimg"]) + nimg / 1000
+    if (total := snap_io.total_kimg(o, nimg)) is not None:
+        provenance["kimg_total"] = total
     out = {}
     for kind, key, cls, kwargs, save in (("discriminator", "D", Discriminator, o["D_kwargs"], save_discriminator),
                                          ("training-generator", "G", Generator, o["G_kwargs"], save_generator)):
@@ -490,7 +490,7 @@ def ship(run, *, quality_json, name: str, out, snapshot: str = "latest", manifes
     from stylemix.checkpoints import CheckpointError, load_generator, read_header, save_generator
     from stylemix.fileio import atomic_write_bytes
 
-    from .snapshot import COMPANION_KINDS, companion_file
+    from .snapshot import COMPANION_KINDS, companion_file, total_kimg
 
     run = Path(run).expanduser()
     if not (run / "training_options.json").is_file():
@@ -589,7 +589,7 @@ def ship(run, *, quality_json, name: str, out, snapshot: str = "latest", manifes
         # a run fine-tuned from one of this trainer's snapshots (e.g. `train --resume NAME` of a shipped
         # model with its discriminator): kimg counts this run, kimg_total every image since random weights
         record["continued_from"] = o.get("resume")
-        record["kimg_total"] = round(float(o["resume_kimg"]) + nimg / 1000, 3)
+        record["kimg_total"] = round(total_kimg(o, nimg), 3)
     atomic_write_bytes(out, data)
     G_check = load_generator(out)  # the shipped file loads (and its header digest checks out)
     assert int(G_check.img_resolution) == resolution, (G_check.img_resolution, resolution)

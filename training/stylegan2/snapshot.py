@@ -191,9 +191,9 @@ def load_resume_networks(path_or_name) -> dict[str, Any]:
     p = Path(str(path_or_name)).expanduser()
     if p.is_file() and is_training_state(p):
         state = load_training_state(p)
-        earlier = float((state.get("options") or {}).get("resume_kimg") or 0)
+        nimg = int(state["counters"]["cur_nimg"])
         return dict(G=state["G"], D=state["D"], G_ema=state["G_ema"], source=str(p), format=STATE_FORMAT,
-                    earlier_kimg=earlier + int(state["counters"]["cur_nimg"]) / 1000)
+                    earlier_kimg=total_kimg(state.get("options"), nimg) or nimg / 1000)
     from stylemix.checkpoints import load_networks
 
     nets = load_networks(path_or_name, device="cpu")
@@ -217,6 +217,14 @@ def load_resume_networks(path_or_name) -> dict[str, Any]:
     if found:
         out["source"] = f"{path_or_name} ({', '.join(found)})"
     return out
+
+
+def total_kimg(options, nimg: int) -> float | None:
+    """Thousands of images since random weights after `nimg` images of a run whose options say it went on
+    from one of this trainer's checkpoints (`resume_kimg`, set by train --resume); None for other runs,
+    whose own kimg is the total."""
+    earlier = (options or {}).get("resume_kimg")
+    return None if earlier is None else float(earlier) + nimg / 1000
 
 
 def trained_kimg(provenance) -> float | None:

@@ -637,8 +637,8 @@ class Trainer:
         provenance = dict(trainer="training.stylegan2", run_dir=self.run_dir.name, cfg=self.options.get("cfg"),
                           dataset=self.options.get("data", {}).get("name"), kimg=self.cur_nimg / 1000,
                           step=self.batch_idx, augment_p=self.augment_p(), seed=self.options.get("random_seed"))
-        if self.options.get("resume_kimg") is not None:  # fine-tuned from one of this trainer's snapshots
-            provenance["kimg_total"] = float(self.options["resume_kimg"]) + self.cur_nimg / 1000
+        if (total := snap_io.total_kimg(self.options, self.cur_nimg)) is not None:  # went on from a snapshot
+            provenance["kimg_total"] = total
         G_ema = self.G_ema
         if self.device.type != "cpu":
             G_ema = copy.deepcopy(self.G_ema).cpu()
