@@ -585,11 +585,11 @@ def ship(run, *, quality_json, name: str, out, snapshot: str = "latest", manifes
         "train_data": train_data,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    if o.get("resume_kimg") is not None:
+    if (total := total_kimg(o, nimg)) is not None:
         # a run fine-tuned from one of this trainer's snapshots (e.g. `train --resume NAME` of a shipped
         # model with its discriminator): kimg counts this run, kimg_total every image since random weights
         record["continued_from"] = o.get("resume")
-        record["kimg_total"] = round(total_kimg(o, nimg), 3)
+        record["kimg_total"] = round(total, 3)
     atomic_write_bytes(out, data)
     G_check = load_generator(out)  # the shipped file loads (and its header digest checks out)
     assert int(G_check.img_resolution) == resolution, (G_check.img_resolution, resolution)
