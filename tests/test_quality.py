@@ -185,3 +185,41 @@ def test_metrics_fn_writes_jsonl(tiny_G, classifier, tmp_path, monkeypatch):
     lines = (tmp_path / f"metric-synthfaces{N}.jsonl").read_text().splitlines()
     rec = json.loads(lines[-1])
     assert rec["snapshot"] == "network-snapshot-000000.safetensors" and rec["results"]["fd"] == res["fd"]
+
+
+def test_quality_of_a_training_state_G_or_G_ema(tiny_G, classifier, tmp_path):
+    from stylemix.checkpoints import save_generator
+    from training.stylegan2 import snapshot as snap_io
+
+    kwargs = dict(z_dim=16, c_dim=0, w_dim=16, img_resolution=64, img_channels=3,
+                  mapping_kwargs=dict(num_layers=1), synthesis_kwargs=dict(channel_base=256, channel_max=16))
+    torch.manual_seed(1)
+    raw = Generator(**kwargs).eval()  # stands for the training weights; tiny_G for their moving average
+    state = tmp_path / "training-state-000000.064.pt"
+    snap_io.atomic_torch_save(dict(format=snap_io.STATE_FORMAT, version=snap_io.STATE_VERSION,
+                                   options=dict(G_kwargs=kwargs), G=raw.state_dict(), G_ema=tiny_G.state_dict()),
+                              state)
+    for net, want in (("G", raw), ("G_ema", tiny_G)):
+        got = quality.load_quality_generator(state, net=net).state_dict()
+        assert all(torch.equal(got[k], v) for k, v in want.state_dict().items()), net
+
+    tiny_G.init_kwargs = kwargs
+    snap = save_generator(tiny_G, tmp_path / "snap.safetensors", provenance={"test": True})
+    got = quality.load_quality_generator(snap).state_dict()  # G_ema by default
+    assert all(torch.equal(got[k], v) for k, v in tiny_G.state_dict().items())
+    with pytest.raises(ValueError, match="training-state-KIMG.pt"):
+        quality.load_quality_generator(snap, net="G")
+
+    # the CLI measures the network it names
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = quality.main(["--model", str(state), "--net", "G", "--render-options", json.dumps(RO), "--n", str(N)])
+    assert rc == 0, err.getvalue()
+    r = json.loads(out.getvalue().strip().splitlines()[-1])
+    direct = quality.synthfaces_quality(raw, num_samples=N, render_options=RO, classifier=classifier)
+    assert r["net"] == "G" and r["fd"] == pytest.approx(direct["fd"], rel=1e-6)
+    ema = quality.synthfaces_quality(tiny_G, num_samples=N, render_options=RO, classifier=classifier)
+    assert abs(ema["fd"] - r["fd"]) > 1e-3  # G and G_ema differ, so the choice shows
+    with redirect_stdout(io.StringIO()), redirect_stderr(err := io.StringIO()):
+        rc = quality.main(["--model", str(snap), "--net", "G", "--render-options", json.dumps(RO), "--n", str(N)])
+    assert rc == 1 and "holds no training generator G" in err.getvalue()

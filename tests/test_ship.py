@@ -301,7 +301,8 @@ def test_training_command_round_trips(argv, tmp_path):
 
 def test_ship_records_what_resumes_changed(run_dir, pretrained_dir, tmp_path):
     o = json.loads((run_dir / "training_options.json").read_text())
-    o["resume_changes"] = [{"batch": 256, "ema": 80.0, "timestamp": 1.0}, {"data": "/d/faces.zip", "timestamp": 2.0}]
+    o["resume_changes"] = [{"batch": 256, "ema": 80.0, "timestamp": 1.0}, {"data": "/d/faces.zip", "timestamp": 2.0},
+                          {"glr": 0.001, "dlr": 0.001, "at_kimg": 433.632, "timestamp": 3.0}]
     (run_dir / "training_options.json").write_text(json.dumps(o))
     snap = run_dir / "network-snapshot-000000.008.safetensors"
     q = write_quality(tmp_path, quality_report(snap))
@@ -311,7 +312,8 @@ def test_ship_records_what_resumes_changed(run_dir, pretrained_dir, tmp_path):
     assert rc == 0, stderr
     rec = json.loads(manifest.read_text())["models"][-1]
     assert rec["resumed_by"] == (f"python -m training.stylegan2.train --resume {run_dir}; once with --batch 256 "
-                                 f"--ema 80; once with --data /d/faces.zip")
+                                 f"--ema 80; once with --data /d/faces.zip; once with --glr 0.001 --dlr 0.001 "
+                                 f"from 433.632 kimg")
 
 
 def test_ship_with_d_pairs_the_discriminator_and_g_for_resume(run_dir, pretrained_dir, tmp_path, monkeypatch):

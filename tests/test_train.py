@@ -709,7 +709,7 @@ def test_resume_run_dir_with_new_batch_lr_ema_gamma_and_moved_data(tmp_path):
             o["loss_kwargs"]["r1_gamma"]) == (8, 4, 0.001, 0.0025, 0.02, 0.5)
     assert o["data"]["path"] == str(moved.resolve())
     assert {k: v for k, v in o["resume_changes"][-1].items() if k != "timestamp"} == dict(
-        batch=8, glr=0.001, ema=0.02, gamma=0.5, data=str(moved.resolve()))
+        batch=8, glr=0.001, ema=0.02, gamma=0.5, data=str(moved.resolve()), at_kimg=0.016)
     latest = json.loads((run / "latest.json").read_text())
     assert latest["cur_nimg"] == 32 and latest["step"] == step0 + 2  # 16 more images in steps of 8
 

@@ -45,7 +45,7 @@ from training.evaluation.metrics import (ClassifierFeatures, ReferenceStats, att
                                          frechet_distance_from_stats, to_jsonable)
 
 __all__ = ["synthfaces_quality", "reference_stats", "floor_distance", "check_render_options",
-           "render_options_from_dataset", "format_table", "main", "QUALITY_ATTRS", "BAR_FD_RATIO",
+           "render_options_from_dataset", "format_table", "load_quality_generator", "main", "QUALITY_ATTRS", "BAR_FD_RATIO",
            "BAR_RATE_GAP", "BAR_NUM_SAMPLES", "RESERVED_SEEDS", "DEFAULT_REFERENCE_SEED"]
 
 QUALITY_ATTRS = ("has_beard", "shaved", "glasses", "smile")
@@ -351,10 +351,44 @@ def format_table(r: Mapping) -> str:
     return "\n".join(lines)
 
 
+def load_quality_generator(model, *, net: str = "G_ema", device="cpu"):
+    """Generator `net` ('G_ema' or 'G') of `model`: anything stylemix.checkpoints loads, or one of this
+    trainer's training-state files (which hold G, G_ema and D). G, the training weights, is the
+    network the optimiser moves; comparing it with G_ema shows how much the moving average does."""
+    import torch
+
+    from training.stylegan2 import snapshot as snap_io
+
+    if net not in ("G_ema", "G"):
+        raise ValueError(f"net must be 'G_ema' or 'G', got {net!r}")
+    path = Path(str(model)).expanduser()
+    if path.is_file() and snap_io.is_training_state(path):
+        from stylemix.networks.stylegan2 import Generator
+
+        state = snap_io.load_training_state(path)
+        G = Generator(**state["options"]["G_kwargs"])
+        G.load_state_dict(state[net], strict=True)
+        return G.eval().requires_grad_(False).to(torch.device(device))
+    from stylemix.checkpoints import load_generator, load_networks
+
+    if net == "G_ema":
+        return load_generator(model, device=device)
+    G = load_networks(model, device=device).get("G")
+    if not isinstance(G, torch.nn.Module):
+        raise ValueError(f"{model}: holds no training generator G (StyleMix snapshots and shipped files hold "
+                         f"G_ema only; give the run's training-state-KIMG.pt, or an official pickle)")
+    return G
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.stylegan2.quality",
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="generator: checkpoint path or registered name")
+    ap.add_argument("--model", required=True,
+                    help="generator: checkpoint path or registered name, or a run's training-state-KIMG.pt")
+    ap.add_argument("--net", choices=("G_ema", "G"), default="G_ema",
+                    help="which generator of the checkpoint: G_ema (the moving average: what snapshots and "
+                         "shipped files hold; default) or G (the training weights: an official pickle or a "
+                         "training state)")
     ap.add_argument("--render-options", dest="render_options",
                     help='training distribution as JSON, e.g. \'{"res": 64}\' (or give --data)')
     ap.add_argument("--data", help="a synthfaces dataset zip to read the render options (and training seeds) from")
@@ -390,9 +424,7 @@ def main(argv=None) -> int:
         if args.data is not None and args.render_options is not None:
             found = render_options_from_dataset(args.data)
             exclude = found["train_seeds"] if found else []
-        from stylemix.checkpoints import load_generator
-
-        G = load_generator(args.model, device=args.device)
+        G = load_quality_generator(args.model, net=args.net, device=args.device)
         r = synthfaces_quality(G, num_samples=args.n, reference=args.reference, render_options=ro, seed=args.seed,
                                batch=args.batch, exclude_seeds=exclude, noise_mode=args.noise_mode,
                                log=lambda m: print(m, file=sys.stderr, flush=True))
@@ -404,7 +436,7 @@ def main(argv=None) -> int:
         prefix = "" if isinstance(exc, (ValueError, FileNotFoundError)) else f"{type(exc).__name__}: "
         print(f"error: {prefix}{msg}", file=sys.stderr)
         return 1
-    r = dict(r, model=str(args.model))
+    r = dict(r, model=str(args.model), net=args.net)
     print(format_table(r))
     if args.out:
         from training.evaluation.metrics import save_report

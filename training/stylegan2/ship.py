@@ -200,8 +200,12 @@ def _fmt(x) -> str:
 
 
 def _change_flags(change: dict) -> str:
-    """The flags of one training_options.json resume_changes entry, e.g. '--batch 256 --ema 80'."""
-    return " ".join(f"--{k.replace('_', '-')} {_fmt(v)}" for k, v in change.items() if k != "timestamp")
+    """The flags of one training_options.json resume_changes entry, e.g. '--batch 256 --ema 80', and
+    the kimg they took effect at when the entry records it ('--glr 0.001 from 433.632 kimg')."""
+    flags = " ".join(f"--{k.replace('_', '-')} {_fmt(v)}" for k, v in change.items()
+                     if k not in ("timestamp", "at_kimg"))
+    at = change.get("at_kimg")
+    return flags + (f" from {_fmt(float(at))} kimg" if at is not None else "")
 
 
 def training_command(o: dict) -> str:

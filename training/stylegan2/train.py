@@ -430,7 +430,13 @@ def options_for_resumed_run(args, run_dir: Path, *, world_size: int) -> dict:
         o["batch_size"], o["batch_gpu"] = batch, batch_gpu
     changes = {k: (str(Path(a[k]).expanduser().resolve()) if k == "data" else a[k]) for k in RESUME_CHANGES if k in a}
     if changes:
-        o.setdefault("resume_changes", []).append(dict(changes, timestamp=round(time.time(), 3)))
+        from . import snapshot as snap_io
+
+        try:  # where the changes take effect: the snapshot this resume starts from
+            at_kimg = snap_io.read_latest(run_dir)["cur_nimg"] / 1000
+        except (ValueError, KeyError, TypeError):
+            at_kimg = None  # no snapshot yet: the resume itself reports that
+        o.setdefault("resume_changes", []).append(dict(changes, at_kimg=at_kimg, timestamp=round(time.time(), 3)))
     if world_size != o["num_gpus"]:
         batch = o["batch_size"]
         if batch % world_size != 0:
