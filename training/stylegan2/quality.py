@@ -363,12 +363,8 @@ def load_quality_generator(model, *, net: str = "G_ema", device="cpu"):
         raise ValueError(f"net must be 'G_ema' or 'G', got {net!r}")
     path = Path(str(model)).expanduser()
     if path.is_file() and snap_io.is_training_state(path):
-        from stylemix.networks.stylegan2 import Generator
-
         state = snap_io.load_training_state(path)
-        G = Generator(**state["options"]["G_kwargs"])
-        G.load_state_dict(state[net], strict=True)
-        return G.eval().requires_grad_(False).to(torch.device(device))
+        return snap_io.network_from_state(state, net).to(torch.device(device))
     from stylemix.checkpoints import load_generator, load_networks
 
     if net == "G_ema":

@@ -36,7 +36,6 @@ Errors print one line (`error: ...`) and exit with status 1.
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import json
 import math
@@ -448,7 +447,6 @@ def _companion_bytes(run: Path, o: dict, nimg: int, snap_path: Path) -> tuple[di
     """{'discriminator': D, 'training-generator': G} of the training state saved with the snapshot,
     each in StyleMix's safetensors format."""
     from stylemix.checkpoints import save_discriminator, save_generator
-    from stylemix.networks.stylegan2 import Discriminator, Generator
 
     from . import snapshot as snap_io
 
@@ -464,13 +462,11 @@ def _companion_bytes(run: Path, o: dict, nimg: int, snap_path: Path) -> tuple[di
     if (total := snap_io.total_kimg(o, nimg)) is not None:
         provenance["kimg_total"] = total
     out = {}
-    for kind, key, cls, kwargs, save in (("discriminator", "D", Discriminator, o["D_kwargs"], save_discriminator),
-                                         ("training-generator", "G", Generator, o["G_kwargs"], save_generator)):
+    for kind, key, kwargs, save in (("discriminator", "D", o["D_kwargs"], save_discriminator),
+                                    ("training-generator", "G", o["G_kwargs"], save_generator)):
         if state.get(key) is None:
             raise ValueError(f"--with-d: {state_path.name} holds no {key}")
-        net = cls(**copy.deepcopy(kwargs))
-        net.load_state_dict(state[key], strict=True)
-        net.init_kwargs = copy.deepcopy(kwargs)
+        net = snap_io.network_from_state(state, key, kwargs)
         tmp = run / f".{kind}-{os.getpid()}.tmp"
         try:
             save(net, tmp, provenance=dict(provenance, weights=key))

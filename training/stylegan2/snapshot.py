@@ -31,7 +31,7 @@ from stylemix.fileio import atomic_open, atomic_write_bytes
 __all__ = [
     "STATE_FORMAT", "atomic_write_bytes", "atomic_torch_save", "atomic_write_json", "snapshot_tag",
     "write_latest", "read_latest", "load_training_state", "is_training_state", "get_rng_state",
-    "set_rng_state", "check_state_dict_match", "load_resume_networks", "clean_temp_files",
+    "set_rng_state", "check_state_dict_match", "load_resume_networks", "network_from_state", "clean_temp_files",
 ]
 
 STATE_FORMAT = "stylemix-training-state"
@@ -131,6 +131,24 @@ def load_training_state(path, *, map_location="cpu") -> dict:
         raise ValueError(f"{path}: training state version {state.get('version')} is newer than this code "
                          f"reads ({STATE_VERSION})")
     return state
+
+
+def network_from_state(state: dict, key: str, kwargs: dict | None = None) -> torch.nn.Module:
+    """Network `key` ('G', 'G_ema' or 'D') of a training state as a module in eval mode, built from
+    `kwargs` (default: the state's own options, G_kwargs or D_kwargs) and recorded as its
+    init_kwargs, so that save_generator / save_discriminator can describe it."""
+    import copy
+
+    from stylemix.networks.stylegan2 import Discriminator, Generator
+
+    if state.get(key) is None:
+        raise ValueError(f"the training state holds no {key}")
+    cls, kind = (Discriminator, "D_kwargs") if key == "D" else (Generator, "G_kwargs")
+    kwargs = copy.deepcopy(kwargs if kwargs is not None else state["options"][kind])
+    net = cls(**kwargs)
+    net.load_state_dict(state[key], strict=True)
+    net.init_kwargs = copy.deepcopy(kwargs)
+    return net.eval().requires_grad_(False)
 
 
 def get_rng_state() -> dict:
