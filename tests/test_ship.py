@@ -65,7 +65,7 @@ def quality_report(model, *, passed=True, n=5000, ro=None) -> dict:
 @pytest.fixture()
 def run_dir(tmp_path) -> Path:
     """A run with snapshots at 0.004, 0.008 and 0.012 kimg (latest.json -> 0.008), two of them
-    measured by the per-snapshot metric, and a stats.jsonl with a resume and a torn line."""
+    measured by the per-snapshot metric, and a stats.jsonl with two resumes and a torn line."""
     run = tmp_path / "runs" / "00003-synthfaces16-mirror-lite-kimg0.012-ada"
     run.mkdir(parents=True)
     o = options_for([*TINY, "--mirror", "--kimg", "0.012", "--tick", "0.004", "--snap", "1", "--metrics", "synthfaces",
@@ -81,8 +81,9 @@ def run_dir(tmp_path) -> Path:
     lines = [
         {"event": "start", "step": 0, "kimg": 0.0},
         {"tick": 0, "step": 1, "kimg": 0.004, "sec": 1.5, "sec_per_tick": 1.5},
+        {"event": "resume", "step": 1, "kimg": 0.004},
         {"tick": 1, "step": 2, "kimg": 0.008, "sec": 4.0, "sec_per_tick": 2.5, "cpu_conv_dtype": "bfloat16"},
-        {"event": "resume", "step": 2, "kimg": 0.008},
+        {"event": "resume", "step": 2, "kimg": 0.008},  # after the 0.008 snapshot: not one of its resumes
         {"tick": 2, "step": 3, "kimg": 0.012, "sec": 7.0, "sec_per_tick": 3.0},
     ]
     text = "\n".join(json.dumps(x) for x in lines) + '\n{"tick": 3, "kimg": 0.0'  # a torn last line
@@ -302,7 +303,8 @@ def test_training_command_round_trips(argv, tmp_path):
 def test_ship_records_what_resumes_changed(run_dir, pretrained_dir, tmp_path):
     o = json.loads((run_dir / "training_options.json").read_text())
     o["resume_changes"] = [{"batch": 256, "ema": 80.0, "timestamp": 1.0}, {"data": "/d/faces.zip", "timestamp": 2.0},
-                          {"glr": 0.001, "dlr": 0.001, "at_kimg": 433.632, "timestamp": 3.0}]
+                          {"glr": 0.001, "dlr": 0.001, "at_kimg": 0.004, "timestamp": 3.0},
+                          {"glr": 0.0005, "dlr": 0.0005, "at_kimg": 0.008, "timestamp": 4.0}]  # after the snapshot
     (run_dir / "training_options.json").write_text(json.dumps(o))
     snap = run_dir / "network-snapshot-000000.008.safetensors"
     q = write_quality(tmp_path, quality_report(snap))
@@ -313,7 +315,7 @@ def test_ship_records_what_resumes_changed(run_dir, pretrained_dir, tmp_path):
     rec = json.loads(manifest.read_text())["models"][-1]
     assert rec["resumed_by"] == (f"python -m training.stylegan2.train --resume {run_dir}; once with --batch 256 "
                                  f"--ema 80; once with --data /d/faces.zip; once with --glr 0.001 --dlr 0.001 "
-                                 f"from 433.632 kimg")
+                                 f"from 0.004 kimg")
 
 
 def test_ship_with_d_pairs_the_discriminator_and_g_for_resume(run_dir, pretrained_dir, tmp_path, monkeypatch):

@@ -701,6 +701,10 @@ def test_resume_run_dir_with_new_batch_lr_ema_gamma_and_moved_data(tmp_path):
     assert rc == 1 and "minibatch-stddev group size (4)" in err
     assert json.loads((run / "training_options.json").read_text())["batch_size"] == 4  # errors change nothing
 
+    # a copy of the run directory continues as its own run, and records where it now lives
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    run = copy
     rc, out, err = run_main(["--resume", str(run), "--data", str(moved), "--batch", "8", "--glr", "0.001",
                              "--ema", "0.02", "--gamma", "0.5", "--kimg", "0.032", "--no-progress"])
     assert rc == 0, err
@@ -708,6 +712,7 @@ def test_resume_run_dir_with_new_batch_lr_ema_gamma_and_moved_data(tmp_path):
     assert (o["batch_size"], o["batch_gpu"], o["G_opt_kwargs"]["lr"], o["D_opt_kwargs"]["lr"], o["ema_kimg"],
             o["loss_kwargs"]["r1_gamma"]) == (8, 4, 0.001, 0.0025, 0.02, 0.5)
     assert o["data"]["path"] == str(moved.resolve())
+    assert Path(o["run_dir"]).resolve() == copy.resolve()
     assert {k: v for k, v in o["resume_changes"][-1].items() if k != "timestamp"} == dict(
         batch=8, glr=0.001, ema=0.02, gamma=0.5, data=str(moved.resolve()), at_kimg=0.016)
     latest = json.loads((run / "latest.json").read_text())

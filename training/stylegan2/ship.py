@@ -167,7 +167,9 @@ def training_time(run, cur_nimg: int) -> dict:
     resumes = 0
     for rec in stats:
         if rec.get("event") == "resume":
-            resumes += 1
+            # a resume from this snapshot or a later one did not train it
+            if rec.get("kimg") is None or int(round(float(rec["kimg"]) * 1000)) < cur_nimg:
+                resumes += 1
             continue
         if "tick" not in rec or "sec_per_tick" not in rec:
             continue
@@ -576,7 +578,8 @@ def ship(run, *, quality_json, name: str, out, snapshot: str = "latest", manifes
         # options that --resume may change (kimg, snap, tick, workers, keep_states) show in made_by
         # with the values of the last resume
         "resumed_by": (f"python -m training.stylegan2.train --resume {o.get('run_dir') or run}"
-                       + "".join(f"; once with {_change_flags(c)}" for c in o.get("resume_changes", []))
+                       + "".join(f"; once with {_change_flags(c)}" for c in o.get("resume_changes", [])
+                                 if c.get("at_kimg") is None or int(round(float(c["at_kimg"]) * 1000)) < nimg)
                        if t["resumes"] else None),
         # kimg trained with float32 / bfloat16 CPU convolutions (--cpu-bf16, chosen at each resume)
         "kimg_by_conv_dtype": t["kimg_by_conv_dtype"],

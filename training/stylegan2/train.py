@@ -615,7 +615,7 @@ def _run(args) -> int:
                 changed = {k: options[k] for k in ("total_kimg", "snap", "kimg_per_tick", "workers", "keep_states",
                                                    "num_gpus", "batch_gpu", "batch_size", "G_opt_kwargs",
                                                    "D_opt_kwargs", "ema_kimg", "loss_kwargs", "data",
-                                                   "resume_changes")
+                                                   "resume_changes", "run_dir")
                            if k in options and stored.get(k) != options[k]}
                 if changed:
                     stored.update(changed)
