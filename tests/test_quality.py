@@ -90,7 +90,8 @@ def test_noise_mode_random_is_seeded_and_leaves_torch_rng_alone(tiny_G, classifi
         for name, prm in G.named_parameters():
             if name.endswith("noise_strength"):
                 prm.fill_(1.0)  # untrained layers start at 0: make the noise inputs matter
-    const = quality.synthfaces_quality(G, num_samples=N, render_options=RO, classifier=classifier, batch=8)
+    const = quality.synthfaces_quality(G, num_samples=N, render_options=RO, classifier=classifier, batch=8,
+                                       noise_mode="const")
     state = torch.get_rng_state()
     a = quality.synthfaces_quality(G, num_samples=N, render_options=RO, classifier=classifier, batch=8,
                                    noise_mode="random")
@@ -99,6 +100,9 @@ def test_noise_mode_random_is_seeded_and_leaves_torch_rng_alone(tiny_G, classifi
                                    noise_mode="random")
     assert a["noise_mode"] == "random" and const["noise_mode"] == "const"
     assert a["fd"] == pytest.approx(b["fd"]) and a["fd"] != pytest.approx(const["fd"])
+    # the default is G's own default, fresh noise (as the official metrics sample)
+    default = quality.synthfaces_quality(G, num_samples=N, render_options=RO, classifier=classifier, batch=8)
+    assert default["noise_mode"] == "random" and default["fd"] == pytest.approx(a["fd"])
     with pytest.raises(ValueError, match="noise_mode"):
         quality.synthfaces_quality(G, num_samples=N, render_options=RO, classifier=classifier, noise_mode="none")
 
