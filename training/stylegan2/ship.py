@@ -135,7 +135,7 @@ def find_snapshot(run, which: str = "latest") -> tuple[Path, int]:
         scored = []
         for path in sorted(run.glob("metric-*.jsonl")):
             for rec in _jsonl(path):
-                nimg = int(round(float(rec.get("kimg", -1)) * 1000))
+                nimg = _nimg(rec.get("kimg", -1))
                 score = _metric_score(rec.get("results"))
                 if score is not None and nimg in snaps:
                     scored.append((score, -nimg))
@@ -148,11 +148,22 @@ def find_snapshot(run, which: str = "latest") -> tuple[Path, int]:
         kimg = float(which)
     except ValueError:
         raise ValueError(f"--snapshot {which!r}: give a kimg value, 'latest' or 'best'") from None
-    nimg = int(round(kimg * 1000))
+    nimg = _nimg(kimg)
     if nimg not in snaps:
         have = ", ".join(f"{n / 1000:g}" for n in sorted(snaps))
         raise ValueError(f"{run}: no snapshot at kimg {kimg:g}; snapshots at kimg {have}")
     return snaps[nimg], nimg
+
+
+def _nimg(kimg) -> int:
+    """A kimg value as a whole number of images (snapshot tags and logs hold kimg to 3 decimals)."""
+    return int(round(float(kimg) * 1000))
+
+
+def _before(kimg, nimg: int) -> bool:
+    """Whether a resume or resume change recorded at `kimg` came before the snapshot at `nimg`
+    images, so that it trained that snapshot (None: not recorded, counted as before)."""
+    return kimg is None or _nimg(kimg) < nimg
 
 
 def training_time(run, cur_nimg: int) -> dict:
@@ -168,12 +179,12 @@ def training_time(run, cur_nimg: int) -> dict:
     for rec in stats:
         if rec.get("event") == "resume":
             # a resume from this snapshot or a later one did not train it
-            if rec.get("kimg") is None or int(round(float(rec["kimg"]) * 1000)) < cur_nimg:
+            if _before(rec.get("kimg"), cur_nimg):
                 resumes += 1
             continue
         if "tick" not in rec or "sec_per_tick" not in rec:
             continue
-        nimg = int(round(float(rec.get("kimg", 0)) * 1000))
+        nimg = _nimg(rec.get("kimg", 0))
         if nimg <= cur_nimg:
             ticks[int(rec["tick"])] = (float(rec["sec_per_tick"]), nimg, rec.get("cpu_conv_dtype", "float32"))
             if nimg == cur_nimg:
@@ -579,7 +590,7 @@ def ship(run, *, quality_json, name: str, out, snapshot: str = "latest", manifes
         # with the values of the last resume
         "resumed_by": (f"python -m training.stylegan2.train --resume {o.get('run_dir') or run}"
                        + "".join(f"; once with {_change_flags(c)}" for c in o.get("resume_changes", [])
-                                 if c.get("at_kimg") is None or int(round(float(c["at_kimg"]) * 1000)) < nimg)
+                                 if _before(c.get("at_kimg"), nimg))
                        if t["resumes"] else None),
         # kimg trained with float32 / bfloat16 CPU convolutions (--cpu-bf16, chosen at each resume)
         "kimg_by_conv_dtype": t["kimg_by_conv_dtype"],
