@@ -399,6 +399,7 @@ def test_ship_counts_the_images_of_the_checkpoint_a_run_continued(run_dir, pretr
     assert rc == 0, err
     rec = json.loads(manifest.read_text())["models"][-1]
     assert "kimg_total" not in rec and "continued_from" not in rec  # a run from random weights
+    assert "0.008 kimg)" in rec["description"] and "in all" not in rec["description"]
     o = json.loads((run_dir / "training_options.json").read_text())
     o.update(resume="synthfaces64-next", resume_kimg=456.032)
     (run_dir / "training_options.json").write_text(json.dumps(o))
@@ -406,3 +407,4 @@ def test_ship_counts_the_images_of_the_checkpoint_a_run_continued(run_dir, pretr
     assert rc == 0, err
     rec = json.loads(manifest.read_text())["models"][-1]
     assert rec["kimg"] == 0.008 and rec["kimg_total"] == 456.04 and rec["continued_from"] == "synthfaces64-next"
+    assert "0.008 kimg on from synthfaces64-next, 456.04 kimg in all" in rec["description"]

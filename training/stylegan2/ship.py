@@ -564,6 +564,8 @@ def ship(run, *, quality_json, name: str, out, snapshot: str = "latest", manifes
         companions, state_path = _companion_bytes(run, o, nimg, snap_path)
 
     t = training_time(run, nimg)
+    total = total_kimg(o, nimg)  # None unless the run continued one of this trainer's snapshots
+    span = f"{nimg / 1000:g} kimg" + (f" on from {o.get('resume')}, {round(total, 3)} kimg in all" if total is not None else "")
     record = {
         "name": name,
         "path": rel.as_posix(),
@@ -574,7 +576,7 @@ def ship(run, *, quality_json, name: str, out, snapshot: str = "latest", manifes
         "aligned_domain": "synthfaces",
         "description": description or (
             f"StyleGAN2-ADA generator {resolution}x{resolution} trained on procedural synthfaces renders "
-            f"(--cfg {o.get('cfg')}, {nimg / 1000:g} kimg)" + (" - interim: below the quality bar" if interim else "")),
+            f"(--cfg {o.get('cfg')}, {span})" + (" - interim: below the quality bar" if interim else "")),
         "licence": licence,
         "source_page": "training/stylegan2/train.py",
         "made_by": training_command(o),
@@ -599,7 +601,7 @@ def ship(run, *, quality_json, name: str, out, snapshot: str = "latest", manifes
         "train_data": train_data,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    if (total := total_kimg(o, nimg)) is not None:
+    if total is not None:
         # a run fine-tuned from one of this trainer's snapshots (e.g. `train --resume NAME` of a shipped
         # model with its discriminator): kimg counts this run, kimg_total every image since random weights
         record["continued_from"] = o.get("resume")
