@@ -565,7 +565,9 @@ def ship(run, *, quality_json, name: str, out, snapshot: str = "latest", manifes
 
     t = training_time(run, nimg)
     total = total_kimg(o, nimg)  # None unless the run continued one of this trainer's snapshots
-    span = f"{nimg / 1000:g} kimg" + (f" on from {o.get('resume')}, {round(total, 3)} kimg in all" if total is not None else "")
+    if total is not None:
+        total = round(total, 3)
+    span = f"{nimg / 1000:g} kimg" + (f" on from {o.get('resume')}, {total} kimg in all" if total is not None else "")
     record = {
         "name": name,
         "path": rel.as_posix(),
@@ -605,7 +607,7 @@ def ship(run, *, quality_json, name: str, out, snapshot: str = "latest", manifes
         # a run fine-tuned from one of this trainer's snapshots (e.g. `train --resume NAME` of a shipped
         # model with its discriminator): kimg counts this run, kimg_total every image since random weights
         record["continued_from"] = o.get("resume")
-        record["kimg_total"] = round(total, 3)
+        record["kimg_total"] = total
     atomic_write_bytes(out, data)
     G_check = load_generator(out)  # the shipped file loads (and its header digest checks out)
     assert int(G_check.img_resolution) == resolution, (G_check.img_resolution, resolution)
