@@ -227,3 +227,68 @@ def test_quality_of_a_training_state_G_or_G_ema(tiny_G, classifier, tmp_path):
     with redirect_stdout(io.StringIO()), redirect_stderr(err := io.StringIO()):
         rc = quality.main(["--model", str(snap), "--net", "G", "--render-options", json.dumps(RO), "--n", str(N)])
     assert rc == 1 and "holds no training generator G" in err.getvalue()
+
+
+def test_diagnosis_splits_the_distance_and_names_the_axes(classifier):
+    from training.evaluation.metrics import ReferenceStats
+
+    n = 300
+    ref, _ = quality.reference_stats(n, RO, seed=quality.DEFAULT_REFERENCE_SEED, classifier=classifier)
+    other, _ = quality.reference_stats(n, RO, seed=quality.DEFAULT_REFERENCE_SEED + 1, classifier=classifier)
+    w, v = np.linalg.eigh(ref.sigma)
+    w0, v0 = w[-1], v[:, -1]
+    # a "generator" half as spread as the renders (a quarter of the variance), shifted 2 sd along the first axis
+    fake = ReferenceStats(ref.feature_net, ref.mu + 2 * np.sqrt(w0) * v0, 0.25 * ref.sigma, n)
+    d = quality.diagnose(ref, other, fake, classifier=classifier, render_options=RO,
+                         reference_seed=quality.DEFAULT_REFERENCE_SEED, components=3, params_n=n)
+    s = d["samples"]
+    assert s["mean_term"] == pytest.approx(4 * w0, rel=1e-6)
+    assert s["mean_term"] + s["covariance_term"] == pytest.approx(s["fd"])
+    assert s["fd"] == pytest.approx(quality._fd(ref, fake))
+    assert d["floor"]["fd"] == pytest.approx(quality.floor_distance(n, RO, classifier=classifier))
+    assert d["variance_ratio"] == pytest.approx(0.25) and 0.8 < d["floor_variance_ratio"] < 1.25
+    comps = d["components"]
+    assert [c["component"] for c in comps] == [0, 1, 2]
+    assert comps[0]["reference_variance"] == pytest.approx(w0)
+    assert all(c["variance_ratio"] == pytest.approx(0.25) for c in comps)
+    assert abs(comps[0]["mean_shift_sd"]) == pytest.approx(2.0) and abs(comps[1]["mean_shift_sd"]) < 1e-6
+    assert all(0.5 < c["floor_variance_ratio"] < 2 for c in comps)
+    # the features' main axis is the beard (the classifier's strongest trait): the diagnosis says so
+    name, r = comps[0]["follows"][0]
+    assert name in ("attributes.has_beard", "attributes.beard=none") and abs(r) > 0.7
+    assert all(len(c["follows"]) == 2 and all(-1 <= x <= 1 for _, x in c["follows"]) for c in comps)
+    table = quality.format_diagnosis(d)
+    assert "covariance term" in table and "attributes." in table and len(table.splitlines()) == 3 + 3
+    with pytest.raises(ValueError, match="components"):
+        quality.diagnose(ref, other, fake, classifier=classifier, render_options=RO,
+                         reference_seed=quality.DEFAULT_REFERENCE_SEED, components=0)
+
+
+def test_flat_params_numbers_lists_and_indicators():
+    got = quality._flat_params({"a": {"x": 0.5, "on": True, "kind": "full", "rgb": [0.1, 0.2]}, "n": 3})
+    assert got == {"a.x": 0.5, "a.on": 1.0, "a.kind=full": 1.0, "a.rgb[0]": 0.1, "a.rgb[1]": 0.2, "n": 3.0}
+
+
+def test_cli_diagnose(tiny_G, classifier, tmp_path):
+    from stylemix.checkpoints import save_generator
+
+    tiny_G.init_kwargs = dict(z_dim=16, c_dim=0, w_dim=16, img_resolution=64, img_channels=3,
+                              mapping_kwargs=dict(num_layers=1),
+                              synthesis_kwargs=dict(channel_base=256, channel_max=16))
+    snap = save_generator(tiny_G, tmp_path / "snap.safetensors", provenance={"test": True})
+    base = ["--model", str(snap), "--render-options", json.dumps(RO), "--n", str(N)]
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = quality.main(base + ["--diagnose", "3"])
+    assert rc == 0, err.getvalue()
+    text = out.getvalue()
+    r = json.loads(text.strip().splitlines()[-1])
+    d = r["diagnosis"]
+    assert len(d["components"]) == 3 and d["params_n"] == N and "diagnosis: fd" in text
+    assert d["samples"]["fd"] == pytest.approx(r["fd"]) and d["floor"]["fd"] == pytest.approx(r["floor"])
+    with redirect_stdout(out := io.StringIO()), redirect_stderr(io.StringIO()):
+        assert quality.main(base) == 0
+    assert "diagnosis" not in json.loads(out.getvalue().strip().splitlines()[-1])
+    with redirect_stdout(io.StringIO()), redirect_stderr(err := io.StringIO()):
+        assert quality.main(base + ["--diagnose", "-1"]) == 1
+    assert "diagnose_components" in err.getvalue()

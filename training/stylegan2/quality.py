@@ -19,6 +19,11 @@ and measures them with the shipped attribute classifier
 - passed: ratio <= 5 and every |gap| <= 0.05 (has_beard, shaved, glasses, smile). The bar is
   defined at 5,000 samples (`at_bar_size` says whether this evaluation used it); FD is biased
   by the sample size, so the floor is always measured at the same size as the samples.
+- diagnosis (`--diagnose [K]`): fd split into its mean term |mu_r - mu_g|^2 and covariance term,
+  the samples' total variance over the renders', and per principal axis of the reference
+  features (first K, default 8) the samples' variance and mean shift along it, the floor set's
+  variance there, and the render parameters the axis follows: a generator that is less varied
+  than its data (a covariance term well above the floor's) shows which traits it narrows.
 
 Render options are a JSON object: {"res": 64} for the natural distribution, plus attribute pins
 accepted by render_batch ({"res": 64, "has_beard": true, "shaved": false}). The reference and
@@ -46,7 +51,7 @@ from training.evaluation.metrics import (ClassifierFeatures, ReferenceStats, att
                                          frechet_distance_from_stats, to_jsonable)
 
 __all__ = ["synthfaces_quality", "reference_stats", "floor_distance", "check_render_options",
-           "render_options_from_dataset", "format_table", "load_quality_generator", "main", "QUALITY_ATTRS",
+           "render_options_from_dataset", "format_table", "diagnose", "format_diagnosis", "load_quality_generator", "main", "QUALITY_ATTRS",
            "BAR_FD_RATIO", "BAR_RATE_GAP", "BAR_NUM_SAMPLES", "RESERVED_SEEDS", "DEFAULT_REFERENCE_SEED"]
 
 QUALITY_ATTRS = ("has_beard", "shaved", "glasses", "smile")
@@ -255,7 +260,8 @@ def _chunks(G, z_all, device, batch: int, noise_mode: str):
 def synthfaces_quality(G, *, num_samples: int = BAR_NUM_SAMPLES, reference: int = DEFAULT_REFERENCE_SEED,
                        render_options=None, seed: int = 0, batch: int = 16, classifier=None,
                        exclude_seeds: Sequence[int] = (), use_cache: bool = True,
-                       log: Callable[[str], None] | None = None, noise_mode: str = "random") -> dict:
+                       log: Callable[[str], None] | None = None, noise_mode: str = "random",
+                       diagnose_components: int = 0) -> dict:
     """The synthfaces64 quality bar for generator G, as a JSON-able dict.
 
     num_samples: samples from G, and the size of each render set; reference: render seed of the
@@ -263,7 +269,9 @@ def synthfaces_quality(G, *, num_samples: int = BAR_NUM_SAMPLES, reference: int 
     training distribution ({'res': R, **pins}; default {'res': G.img_resolution}); seed: seed of
     G's z; batch: images per G forward pass; classifier: default load_classifier('synthfaces64');
     exclude_seeds: the training data's render seeds (refused as reference seeds); noise_mode:
-    'random' (G's default and the official metrics': fresh noise maps per sample) or 'const'.
+    'random' (G's default and the official metrics': fresh noise maps per sample) or 'const';
+    diagnose_components: if > 0, the report's 'diagnosis' says where the distance comes from along
+    that many principal axes of the reference features (see `diagnose`).
     """
     n = int(num_samples)
     if noise_mode not in ("const", "random"):
@@ -272,6 +280,8 @@ def synthfaces_quality(G, *, num_samples: int = BAR_NUM_SAMPLES, reference: int 
         raise ValueError(f"num_samples must be >= 2, got {num_samples}")
     if int(batch) < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
+    if isinstance(diagnose_components, bool) or int(diagnose_components) < 0:
+        raise ValueError(f"diagnose_components must be an int >= 0, got {diagnose_components!r}")
     ro = check_render_options(render_options if render_options is not None else {"res": int(G.img_resolution)})
     if ro["res"] != int(G.img_resolution):
         raise ValueError(f"G makes {G.img_resolution}x{G.img_resolution} images but the render options say "
@@ -325,7 +335,114 @@ def synthfaces_quality(G, *, num_samples: int = BAR_NUM_SAMPLES, reference: int 
         "reference_cached": bool(ref_info["cached"] and other_info["cached"]),
         "sec": {"reference": round(t1 - t0, 2), "samples": round(time.time() - t1, 2)},
     }
+    if int(diagnose_components) > 0:
+        t2 = time.time()
+        report["diagnosis"] = diagnose(ref, other, fake, classifier=classifier, render_options=ro,
+                                       reference_seed=ref_seed, components=int(diagnose_components),
+                                       params_n=max(3, min(1000, n)))
+        report["sec"]["diagnosis"] = round(time.time() - t2, 2)
     return to_jsonable(report)
+
+
+# ------------------------------------------------------------------------------------------------
+# Diagnosis: where the distance comes from
+
+def _flat_params(p: Mapping, prefix: str = "") -> dict:
+    """Numeric view of one face's render parameters: numbers and booleans as they are, list entries
+    one by one ('identity.skin[0]'), strings as 0/1 indicators ('attributes.hair=long')."""
+    out = {}
+    for k, v in p.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flat_params(v, name + "."))
+        elif isinstance(v, (bool, int, float, np.integer, np.floating)):
+            out[name] = float(v)
+        elif isinstance(v, str):
+            out[f"{name}={v}"] = 1.0
+        elif isinstance(v, (list, tuple)):
+            for i, x in enumerate(v):
+                if isinstance(x, (bool, int, float, np.integer, np.floating)):
+                    out[f"{name}[{i}]"] = float(x)
+    return out
+
+
+def _split(a: ReferenceStats, b: ReferenceStats) -> dict:
+    fd = _fd(a, b)
+    mean = float(((a.mu - b.mu) ** 2).sum())
+    return {"fd": fd, "mean_term": mean, "covariance_term": fd - mean}
+
+
+def diagnose(ref: ReferenceStats, other: ReferenceStats, fake: ReferenceStats, *, classifier,
+             render_options: Mapping, reference_seed: int, components: int = 8, params_n: int = 1000,
+             top_params: int = 2) -> dict:
+    """Where a generator's distance to the reference comes from, as a JSON-able dict.
+
+    fd = |mu_r - mu_g|^2 (mean_term) + the covariance term, for the samples and for the floor's
+    second render set; variance_ratio = tr(cov samples) / tr(cov reference); and, along each of the
+    reference features' first `components` principal axes: the reference variance, the samples'
+    variance over it (variance_ratio; < 1: less varied than the renders), the samples' mean shift in
+    reference standard deviations, the floor set's variance ratio (what sampling noise alone gives),
+    and the render parameters the axis follows most (|Pearson r| over the first `params_n` faces
+    of the reference seed, whose parameters are known).
+    """
+    components = int(components)
+    if components < 1:
+        raise ValueError(f"components must be >= 1, got {components}")
+    if int(params_n) < 3:
+        raise ValueError(f"params_n must be >= 3, got {params_n}")
+    from training.data.synthfaces import params_for, render_many
+
+    w, v = np.linalg.eigh((ref.sigma + ref.sigma.T) * 0.5)
+    order = np.argsort(w)[::-1][:min(components, len(w))]
+    w, v = w[order], v[:, order]
+    safe = np.where(w > 0, w, np.inf)
+
+    def along(s: ReferenceStats) -> tuple[np.ndarray, np.ndarray]:
+        var = np.einsum("di,de,ei->i", v, s.sigma, v)
+        return var / safe, ((s.mu - ref.mu) @ v) / np.sqrt(safe)
+
+    ratio_fake, shift_fake = along(fake)
+    ratio_floor, _ = along(other)
+
+    fixed = {k: x for k, x in render_options.items() if k != "res"}
+    params = [params_for(int(reference_seed), i, **fixed) for i in range(int(params_n))]
+    net = ClassifierFeatures(classifier)
+    feats = np.concatenate([net.features(render_many(params[s:s + _CHUNK], int(render_options["res"])))
+                            for s in range(0, len(params), _CHUNK)])
+    proj = (feats - ref.mu) @ v
+    flat = [_flat_params(p) for p in params]
+    names = sorted(set().union(*flat))
+    X = np.array([[f.get(k, 0.0) for k in names] for f in flat])
+    Xc, Pc = X - X.mean(0), proj - proj.mean(0)
+    denom = np.sqrt((Xc ** 2).sum(0))[:, None] * np.sqrt((Pc ** 2).sum(0))[None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = np.where(denom > 0, (Xc.T @ Pc) / np.where(denom > 0, denom, 1.0), 0.0)  # [params, components]
+    comps = []
+    for j in range(len(w)):
+        top = np.argsort(-np.abs(corr[:, j]), kind="stable")[:int(top_params)]
+        comps.append({"component": j, "reference_variance": float(w[j]),
+                      "variance_ratio": float(ratio_fake[j]), "mean_shift_sd": float(shift_fake[j]),
+                      "floor_variance_ratio": float(ratio_floor[j]),
+                      "follows": [[names[i], float(corr[i, j])] for i in top]})
+    return {
+        "samples": _split(ref, fake), "floor": _split(ref, other),
+        "variance_ratio": float(np.trace(fake.sigma) / np.trace(ref.sigma)),
+        "floor_variance_ratio": float(np.trace(other.sigma) / np.trace(ref.sigma)),
+        "components": comps, "params_n": int(params_n),
+    }
+
+
+def format_diagnosis(d: Mapping) -> str:
+    s, f = d["samples"], d["floor"]
+    lines = [f"  diagnosis: fd {s['fd']:.4f} = mean term {s['mean_term']:.4f} + covariance term "
+             f"{s['covariance_term']:.4f} (floor {f['fd']:.4f} = {f['mean_term']:.4f} + {f['covariance_term']:.4f})",
+             f"  total variance, samples / renders: {d['variance_ratio']:.3f} (floor set: {d['floor_variance_ratio']:.3f})",
+             f"  {'axis':<5}{'ref var':>8}{'ratio':>7}{'floor':>7}{'shift':>7}   follows (r over {d['params_n']} renders)"]
+    for c in d["components"]:
+        follows = ", ".join(f"{n} {r:+.2f}" for n, r in c["follows"])
+        lines.append(f"  {c['component']:<5}{c['reference_variance']:>8.3f}{c['variance_ratio']:>7.2f}"
+                     f"{c['floor_variance_ratio']:>7.2f}{c['mean_shift_sd']:>+7.2f}   {follows}")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -349,6 +466,8 @@ def format_table(r: Mapping) -> str:
     if not r["at_bar_size"]:
         verdict += f" (indicative: the bar is defined at {r['bar']['num_samples']} samples)"
     lines.append(f"  {verdict}")
+    if r.get("diagnosis"):
+        lines.append(format_diagnosis(r["diagnosis"]))
     return "\n".join(lines)
 
 
@@ -399,6 +518,10 @@ def main(argv=None) -> int:
     ap.add_argument("--noise-mode", choices=("const", "random"), default="random",
                     help="G's noise inputs: random (default: G's own default, as the official metrics "
                          "sample) or const (the fixed noise maps)")
+    ap.add_argument("--diagnose", type=int, nargs="?", const=8, default=0, metavar="K",
+                    help="also say where the distance comes from: mean and covariance terms, and the "
+                         "samples' variance along the reference features' first K principal axes "
+                         "(default 8), with the render parameters each axis follows")
     ap.add_argument("--out", help="also write the JSON report to this file")
     args = ap.parse_args(argv)
     try:
@@ -425,6 +548,7 @@ def main(argv=None) -> int:
         G = load_quality_generator(args.model, net=args.net, device=args.device)
         r = synthfaces_quality(G, num_samples=args.n, reference=args.reference, render_options=ro, seed=args.seed,
                                batch=args.batch, exclude_seeds=exclude, noise_mode=args.noise_mode,
+                               diagnose_components=args.diagnose,
                                log=lambda m: print(m, file=sys.stderr, flush=True))
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
