@@ -51,7 +51,8 @@ from training.evaluation.metrics import (ClassifierFeatures, ReferenceStats, att
                                          frechet_distance_from_stats, to_jsonable)
 
 __all__ = ["synthfaces_quality", "reference_stats", "floor_distance", "check_render_options",
-           "render_options_from_dataset", "format_table", "diagnose", "format_diagnosis", "load_quality_generator", "main", "QUALITY_ATTRS",
+           "render_options_from_dataset", "format_table", "diagnose", "format_diagnosis",
+           "load_quality_generator", "main", "QUALITY_ATTRS",
            "BAR_FD_RATIO", "BAR_RATE_GAP", "BAR_NUM_SAMPLES", "RESERVED_SEEDS", "DEFAULT_REFERENCE_SEED"]
 
 QUALITY_ATTRS = ("has_beard", "shaved", "glasses", "smile")
