@@ -47,7 +47,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from training.evaluation.metrics import (ClassifierFeatures, ReferenceStats, attribute_rates,
+from training.evaluation.metrics import (ClassifierFeatures, ReferenceStats, _psd_eigh, attribute_rates,
                                          frechet_distance_from_stats, to_jsonable)
 
 __all__ = ["synthfaces_quality", "reference_stats", "floor_distance", "check_render_options",
@@ -144,13 +144,19 @@ def _check_seed(seed, what: str, exclude: Sequence[int] = ()) -> int:
 # ------------------------------------------------------------------------------------------------
 # Reference statistics (rendered, measured, cached)
 
-def _render(n: int, render_options: dict, seed: int, start: int = 0) -> np.ndarray:
-    """Renders start..start+n-1 of `seed` (uint8 [n, R, R, 3]). Module-level so tests can count calls."""
-    from training.data.synthfaces import params_for, render_many
+def _params(n: int, render_options: Mapping, seed: int, start: int = 0) -> list[dict]:
+    """Render parameters of faces start..start+n-1 of `seed` under the options' attribute pins."""
+    from training.data.synthfaces import params_for
 
     fixed = {k: v for k, v in render_options.items() if k != "res"}
-    params = [params_for(seed, i, **fixed) for i in range(start, start + n)]
-    return render_many(params, render_options["res"])
+    return [params_for(seed, i, **fixed) for i in range(start, start + n)]
+
+
+def _render(n: int, render_options: dict, seed: int, start: int = 0) -> np.ndarray:
+    """Renders start..start+n-1 of `seed` (uint8 [n, R, R, 3]). Module-level so tests can count calls."""
+    from training.data.synthfaces import render_many
+
+    return render_many(_params(n, render_options, seed, start), render_options["res"])
 
 
 def _cache_dir() -> Path:
@@ -391,9 +397,9 @@ def diagnose(ref: ReferenceStats, other: ReferenceStats, fake: ReferenceStats, *
         raise ValueError(f"components must be >= 1, got {components}")
     if int(params_n) < 3:
         raise ValueError(f"params_n must be >= 3, got {params_n}")
-    from training.data.synthfaces import params_for, render_many
+    from training.data.synthfaces import render_many
 
-    w, v = np.linalg.eigh((ref.sigma + ref.sigma.T) * 0.5)
+    w, v = _psd_eigh(ref.sigma)
     order = np.argsort(w)[::-1][:min(components, len(w))]
     w, v = w[order], v[:, order]
     safe = np.where(w > 0, w, np.inf)
@@ -405,8 +411,7 @@ def diagnose(ref: ReferenceStats, other: ReferenceStats, fake: ReferenceStats, *
     ratio_fake, shift_fake = along(fake)
     ratio_floor, _ = along(other)
 
-    fixed = {k: x for k, x in render_options.items() if k != "res"}
-    params = [params_for(int(reference_seed), i, **fixed) for i in range(int(params_n))]
+    params = _params(int(params_n), render_options, int(reference_seed))
     net = ClassifierFeatures(classifier)
     feats = np.concatenate([net.features(render_many(params[s:s + _CHUNK], int(render_options["res"])))
                             for s in range(0, len(params), _CHUNK)])
