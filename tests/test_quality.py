@@ -257,8 +257,25 @@ def test_diagnosis_splits_the_distance_and_names_the_axes(classifier):
     name, r = comps[0]["follows"][0]
     assert name in ("attributes.has_beard", "attributes.beard=none") and abs(r) > 0.7
     assert all(len(c["follows"]) == 2 and all(-1 <= x <= 1 for _, x in c["follows"]) for c in comps)
+    # a uniform narrowing mixes no axes: the covariance term is all "along the axes"
+    assert s["along_axes"] == pytest.approx(s["covariance_term"], rel=1e-6, abs=1e-9)
+    assert abs(s["between_axes"]) < 1e-6 * s["covariance_term"]
+    assert all(abs(r) < 1e-6 for _, _, r, _ in d["correlated_axes"]) and len(d["correlated_axes"]) == 3
+    f = d["floor"]
+    assert f["along_axes"] + f["between_axes"] == pytest.approx(f["covariance_term"]) and f["between_axes"] > 0
     table = quality.format_diagnosis(d)
-    assert "covariance term" in table and "attributes." in table and len(table.splitlines()) == 3 + 3
+    assert "covariance term" in table and "attributes." in table and len(table.splitlines()) == 4 + 3 + 1
+    # the same variances, but the first and third axes move together (correlation 0.6): the
+    # per-axis part stays 0 and the between-axes part is what the mixing adds
+    v1 = v[:, -3]
+    mixed = ReferenceStats(ref.feature_net, ref.mu,
+                           ref.sigma + 0.6 * np.sqrt(w0 * w[-3]) * (np.outer(v0, v1) + np.outer(v1, v0)), n)
+    m = quality.diagnose(ref, other, mixed, classifier=classifier, render_options=RO,
+                         reference_seed=quality.DEFAULT_REFERENCE_SEED, components=3, params_n=n, top_pairs=1)
+    assert m["samples"]["along_axes"] == pytest.approx(0, abs=1e-6 * w0)
+    assert m["samples"]["between_axes"] == pytest.approx(quality._fd(ref, mixed)) and m["samples"]["between_axes"] > 0
+    assert [[a, b] for a, b, _, _ in m["correlated_axes"]] == [[0, 2]]
+    assert abs(m["correlated_axes"][0][2]) == pytest.approx(0.6)
     with pytest.raises(ValueError, match="components"):
         quality.diagnose(ref, other, fake, classifier=classifier, render_options=RO,
                          reference_seed=quality.DEFAULT_REFERENCE_SEED, components=0)

@@ -23,7 +23,9 @@ and measures them with the shipped attribute classifier
   the samples' total variance over the renders', and per principal axis of the reference
   features (first K, default 8) the samples' variance and mean shift along it, the floor set's
   variance there, and the render parameters the axis follows: a generator that is less varied
-  than its data (a covariance term well above the floor's) shows which traits it narrows.
+  than its data (a covariance term well above the floor's) shows which traits it narrows; the
+  covariance term is split again into what each axis contributes on its own and what comes from
+  axes that move together in the samples (with the most correlated pairs among the first K).
 
 Render options are a JSON object: {"res": 64} for the natural distribution, plus attribute pins
 accepted by render_batch ({"res": 64, "has_beard": true, "shaved": false}). The reference and
@@ -379,9 +381,28 @@ def _split(a: ReferenceStats, b: ReferenceStats) -> dict:
     return {"fd": fd, "mean_term": mean, "covariance_term": fd - mean}
 
 
+def _along_axes(ref: ReferenceStats, s: ReferenceStats) -> float:
+    w, v = _psd_eigh(ref.sigma)
+    var = np.einsum("di,de,ei->i", v, s.sigma, v)
+    return float(((np.sqrt(np.maximum(w, 0)) - np.sqrt(np.maximum(var, 0))) ** 2).sum())
+
+
+def _correlated_axes(v: np.ndarray, fake: ReferenceStats, other: ReferenceStats, top: int) -> list:
+    def corr(s: ReferenceStats) -> np.ndarray:
+        c = v.T @ s.sigma @ v
+        d = np.sqrt(np.maximum(np.diag(c), 0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(np.outer(d, d) > 0, c / np.where(np.outer(d, d) > 0, np.outer(d, d), 1.0), 0.0)
+
+    cf, co = corr(fake), corr(other)
+    i, j = np.triu_indices(len(cf), 1)
+    order = np.argsort(-np.abs(cf[i, j]), kind="stable")[:max(0, top)]
+    return [[int(i[k]), int(j[k]), float(cf[i[k], j[k]]), float(co[i[k], j[k]])] for k in order]
+
+
 def diagnose(ref: ReferenceStats, other: ReferenceStats, fake: ReferenceStats, *, classifier,
              render_options: Mapping, reference_seed: int, components: int = 8, params_n: int = 1000,
-             top_params: int = 2) -> dict:
+             top_params: int = 2, top_pairs: int = 5) -> dict:
     """Where a generator's distance to the reference comes from, as a JSON-able dict.
 
     fd = |mu_r - mu_g|^2 (mean_term) + the covariance term, for the samples and for the floor's
@@ -391,6 +412,14 @@ def diagnose(ref: ReferenceStats, other: ReferenceStats, fake: ReferenceStats, *
     reference standard deviations, the floor set's variance ratio (what sampling noise alone gives),
     and the render parameters the axis follows most (|Pearson r| over the first `params_n` faces
     of the reference seed, whose parameters are known).
+
+    The covariance term is split in two: along_axes, what it would be if the samples' covariance
+    kept only its diagonal in the reference's principal axes (each axis too narrow or too wide on
+    its own: sum over all axes of (sd_reference - sd_samples)^2), and between_axes, the rest (the
+    samples' axes are mixed: factors that vary independently in the renders move together). The
+    second part is >= 0, as dropping the off-diagonal entries never lowers the fidelity term.
+    correlated_axes: the `top_pairs` pairs among the first `components` axes whose correlation in
+    the samples is largest (in the reference it is 0 by construction), with the floor set's.
     """
     components = int(components)
     if components < 1:
@@ -410,6 +439,11 @@ def diagnose(ref: ReferenceStats, other: ReferenceStats, fake: ReferenceStats, *
 
     ratio_fake, shift_fake = along(fake)
     ratio_floor, _ = along(other)
+    samples, floor = _split(ref, fake), _split(ref, other)
+    for part, s in ((samples, fake), (floor, other)):
+        part["along_axes"] = _along_axes(ref, s)
+        part["between_axes"] = part["covariance_term"] - part["along_axes"]
+    pairs = _correlated_axes(v, fake, other, top=int(top_pairs))
 
     params = _params(int(params_n), render_options, int(reference_seed))
     net = ClassifierFeatures(classifier)
@@ -431,7 +465,7 @@ def diagnose(ref: ReferenceStats, other: ReferenceStats, fake: ReferenceStats, *
                       "floor_variance_ratio": float(ratio_floor[j]),
                       "follows": [[names[i], float(corr[i, j])] for i in top]})
     return {
-        "samples": _split(ref, fake), "floor": _split(ref, other),
+        "samples": samples, "floor": floor, "correlated_axes": pairs,
         "variance_ratio": float(np.trace(fake.sigma) / np.trace(ref.sigma)),
         "floor_variance_ratio": float(np.trace(other.sigma) / np.trace(ref.sigma)),
         "components": comps, "params_n": int(params_n),
@@ -442,12 +476,17 @@ def format_diagnosis(d: Mapping) -> str:
     s, f = d["samples"], d["floor"]
     lines = [f"  diagnosis: fd {s['fd']:.4f} = mean term {s['mean_term']:.4f} + covariance term "
              f"{s['covariance_term']:.4f} (floor {f['fd']:.4f} = {f['mean_term']:.4f} + {f['covariance_term']:.4f})",
+             f"  covariance term: along the reference axes {s['along_axes']:.4f} + between them "
+             f"{s['between_axes']:.4f} (floor {f['along_axes']:.4f} + {f['between_axes']:.4f})",
              f"  total variance, samples / renders: {d['variance_ratio']:.3f} (floor set: {d['floor_variance_ratio']:.3f})",
              f"  {'axis':<5}{'ref var':>8}{'ratio':>7}{'floor':>7}{'shift':>7}   follows (r over {d['params_n']} renders)"]
     for c in d["components"]:
         follows = ", ".join(f"{n} {r:+.2f}" for n, r in c["follows"])
         lines.append(f"  {c['component']:<5}{c['reference_variance']:>8.3f}{c['variance_ratio']:>7.2f}"
                      f"{c['floor_variance_ratio']:>7.2f}{c['mean_shift_sd']:>+7.2f}   {follows}")
+    if d.get("correlated_axes"):
+        lines.append("  most correlated axes in the samples (0 in the reference; floor set in brackets): " +
+                     ", ".join(f"{i}-{j} {r:+.2f} ({rf:+.2f})" for i, j, r, rf in d["correlated_axes"]))
     return "\n".join(lines)
 
 
@@ -527,7 +566,8 @@ def main(argv=None) -> int:
     ap.add_argument("--diagnose", type=int, nargs="?", const=8, default=0, metavar="K",
                     help="also say where the distance comes from: mean and covariance terms, and the "
                          "samples' variance along the reference features' first K principal axes "
-                         "(default 8), with the render parameters each axis follows")
+                         "(default 8), with the render parameters each axis follows, and the pairs of "
+                         "those axes that the samples mix most")
     ap.add_argument("--out", help="also write the JSON report to this file")
     args = ap.parse_args(argv)
     try:
