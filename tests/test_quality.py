@@ -309,3 +309,52 @@ def test_cli_diagnose(tiny_G, classifier, tmp_path):
     with redirect_stdout(io.StringIO()), redirect_stderr(err := io.StringIO()):
         assert quality.main(base + ["--diagnose", "-1"]) == 1
     assert "diagnose_components" in err.getvalue()
+
+
+def test_parse_seeds():
+    assert quality.parse_seeds("0-3") == [0, 1, 2, 3]
+    assert quality.parse_seeds("0,5, 7") == [0, 5, 7]
+    assert quality.parse_seeds("0-2,9") == [0, 1, 2, 9]
+    for bad, match in (("3-1", "backwards"), ("0,0", "twice"), ("a", "list"), ("-1", "list"), ("", "list")):
+        with pytest.raises(ValueError, match=match):
+            quality.parse_seeds(bad)
+
+
+def test_cli_seeds_reports_each_seed_and_the_worst(tiny_G, classifier, tmp_path):
+    from stylemix.checkpoints import save_generator
+
+    tiny_G.init_kwargs = dict(z_dim=16, c_dim=0, w_dim=16, img_resolution=64, img_channels=3,
+                              mapping_kwargs=dict(num_layers=1),
+                              synthesis_kwargs=dict(channel_base=256, channel_max=16))
+    snap = save_generator(tiny_G, tmp_path / "snap.safetensors", provenance={"test": True})
+    base = ["--model", str(snap), "--render-options", json.dumps(RO), "--n", str(N)]
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = quality.main(base + ["--seeds", "0-1", "--out", str(tmp_path / "q.json")])
+    assert rc == 0, err.getvalue()
+    text = out.getvalue()
+    s = json.loads(text.strip().splitlines()[-1])
+    assert s == json.loads((tmp_path / "q.json").read_text())
+    assert s["seeds"] == [0, 1] and [r["seed"] for r in s["reports"]] == [0, 1]
+    # each seed's report is what --seed S gives on its own
+    with redirect_stdout(one := io.StringIO()), redirect_stderr(io.StringIO()):
+        assert quality.main(base + ["--seed", "1"]) == 0
+    alone = json.loads(one.getvalue().strip().splitlines()[-1])
+    assert s["reports"][1]["fd"] == pytest.approx(alone["fd"]) and s["reports"][1]["rates"] == alone["rates"]
+    assert s["reports"][0]["fd"] != s["reports"][1]["fd"]
+    ratios = [r["ratio"] for r in s["reports"]]
+    assert s["ratio_max"] == pytest.approx(max(ratios)) and s["ratio_mean"] == pytest.approx(sum(ratios) / 2)
+    for a, g in s["worst_rate_gaps"].items():
+        assert abs(g) == pytest.approx(max(abs(r["rate_gaps"][a]) for r in s["reports"]))
+    # an untrained G fails the bar at both seeds, and the summary says so
+    assert s["passed_seeds"] == [] and s["passed_all"] is False and s["at_bar_size"] is False
+    assert "seed 0 " in text and "seed 1 " in text and "passed at 0 of 2" in text and "FAIL" in text
+    # a summary of passing reports passes; one failing seed fails it
+    ok = dict(s["reports"][0], passed=True)
+    assert quality.summarize_seeds([ok, dict(ok, seed=1)])["passed_all"] is True
+    assert quality.summarize_seeds([ok, dict(ok, seed=1, passed=False)])["passed_seeds"] == [0]
+    for extra, match in ((["--seeds", "0-1", "--seed", "2"], "not both"), (["--seeds", "0-1", "--diagnose"], "one seed"),
+                         (["--seeds", "2-1"], "backwards")):
+        with redirect_stdout(io.StringIO()), redirect_stderr(err := io.StringIO()):
+            assert quality.main(base + extra) == 1
+        assert match in err.getvalue() and "Traceback" not in err.getvalue()

@@ -3,6 +3,7 @@
     python -m training.stylegan2.quality --model run/network-snapshot-000400.safetensors \\
         --render-options '{"res": 64}' --n 5000
     python -m training.stylegan2.quality --model net.safetensors --data synthfaces64.zip --n 5000
+    python -m training.stylegan2.quality --model net.safetensors --data synthfaces64.zip --seeds 0-3
 
 `synthfaces_quality(G, ...)` draws `num_samples` images from G (truncation 1; noise_mode 'random'
 by default, G's own default and what the official metrics sample with, the noise drawn from torch's
@@ -53,7 +54,8 @@ from training.evaluation.metrics import (ClassifierFeatures, ReferenceStats, _ps
                                          frechet_distance_from_stats, to_jsonable)
 
 __all__ = ["synthfaces_quality", "reference_stats", "floor_distance", "check_render_options",
-           "render_options_from_dataset", "format_table", "diagnose", "format_diagnosis",
+           "render_options_from_dataset", "format_table", "diagnose", "format_diagnosis", "parse_seeds",
+           "summarize_seeds",
            "load_quality_generator", "main", "QUALITY_ATTRS",
            "BAR_FD_RATIO", "BAR_RATE_GAP", "BAR_NUM_SAMPLES", "RESERVED_SEEDS", "DEFAULT_REFERENCE_SEED"]
 
@@ -541,6 +543,59 @@ def load_quality_generator(model, *, net: str = "G_ema", device="cpu"):
     return G
 
 
+def parse_seeds(text: str) -> list[int]:
+    """'0-3' -> [0, 1, 2, 3]; '0,5,7' -> [0, 5, 7]; ranges and lists mix ('0-2,9')."""
+    seeds: list[int] = []
+    for part in str(text).split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m:
+            raise ValueError(f"--seeds {text!r}: give seeds >= 0 as a list and/or ranges, e.g. 0-3 or 0,5,7")
+        a, b = int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
+        if b < a:
+            raise ValueError(f"--seeds {text!r}: range {a}-{b} runs backwards")
+        seeds.extend(range(a, b + 1))
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {text!r}: a seed is given twice")
+    if len(seeds) > 1000:
+        raise ValueError(f"--seeds {text!r}: {len(seeds)} seeds is too many (at most 1000)")
+    return seeds
+
+
+def summarize_seeds(reports: Sequence[Mapping]) -> dict:
+    """One summary of several seeds' reports of the same generator: ratio mean and worst, each
+    attribute's largest |gap|, and whether every seed passed."""
+    if not reports:
+        raise ValueError("no reports to summarize")
+    ratios = [r["ratio"] for r in reports]
+    finite = [x for x in ratios if x is not None]
+    gaps = {a: max((r["rate_gaps"][a] for r in reports), key=abs) for a in reports[0]["rate_gaps"]}
+    return to_jsonable({
+        "metric": "synthfaces", "seeds": [r["seed"] for r in reports],
+        "num_samples": reports[0]["num_samples"],
+        "ratio_mean": (sum(finite) / len(finite)) if len(finite) == len(ratios) else None,
+        "ratio_max": max(finite) if len(finite) == len(ratios) else None,
+        "worst_rate_gaps": gaps,
+        "passed_seeds": [r["seed"] for r in reports if r["passed"]],
+        "passed_all": all(r["passed"] for r in reports),
+        "at_bar_size": all(r["at_bar_size"] for r in reports),
+        "reports": list(reports),
+    })
+
+
+def format_line(r: Mapping) -> str:
+    ratio = "-" if r["ratio"] is None else f"{r['ratio']:.3f}"
+    gaps = " ".join(f"{a} {100 * g:+.2f}" for a, g in r["rate_gaps"].items())
+    return f"  seed {r['seed']:<5} ratio {ratio:<7} fd {r['fd']:.4f}  {gaps}  {'PASS' if r['passed'] else 'FAIL'}"
+
+
+def format_summary(s: Mapping) -> str:
+    f = (lambda x: "-" if x is None else f"{x:.3f}")
+    gaps = " ".join(f"{a} {100 * g:+.2f}" for a, g in s["worst_rate_gaps"].items())
+    return (f"  {len(s['seeds'])} seeds: ratio mean {f(s['ratio_mean'])}, worst {f(s['ratio_max'])}; "
+            f"largest gaps {gaps}; passed at {len(s['passed_seeds'])} of {len(s['seeds'])}"
+            f"{'' if s['at_bar_size'] else ' (not at the bar size)'}: {'PASS' if s['passed_all'] else 'FAIL'}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.stylegan2.quality",
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -554,7 +609,9 @@ def main(argv=None) -> int:
                     help='training distribution as JSON, e.g. \'{"res": 64}\' (or give --data)')
     ap.add_argument("--data", help="a synthfaces dataset zip to read the render options (and training seeds) from")
     ap.add_argument("--n", type=int, default=BAR_NUM_SAMPLES, help=f"samples and renders (default {BAR_NUM_SAMPLES})")
-    ap.add_argument("--seed", type=int, default=0, help="seed of G's z (default 0)")
+    ap.add_argument("--seed", type=int, default=None, help="seed of G's z (default 0)")
+    ap.add_argument("--seeds", help="several seeds of G's z, e.g. 0-3 or 0,5,7: one report per seed (the "
+                                    "reference and floor stay the same) and a summary: passed at every seed?")
     ap.add_argument("--reference", type=int, default=DEFAULT_REFERENCE_SEED,
                     help=f"render seed of the reference set; the floor uses it + 1 (default {DEFAULT_REFERENCE_SEED})")
     ap.add_argument("--batch", type=int, default=16, help="images per G forward pass (default 16)")
@@ -591,11 +648,25 @@ def main(argv=None) -> int:
         if args.data is not None and args.render_options is not None:
             found = render_options_from_dataset(args.data)
             exclude = found["train_seeds"] if found else []
+        if args.seeds is not None:
+            if args.seed is not None:
+                raise ValueError("give --seed or --seeds, not both")
+            if args.diagnose:
+                raise ValueError("--diagnose takes one seed (--seed), not --seeds")
+            seeds = parse_seeds(args.seeds)
         G = load_quality_generator(args.model, net=args.net, device=args.device)
-        r = synthfaces_quality(G, num_samples=args.n, reference=args.reference, render_options=ro, seed=args.seed,
-                               batch=args.batch, exclude_seeds=exclude, noise_mode=args.noise_mode,
-                               diagnose_components=args.diagnose,
-                               log=lambda m: print(m, file=sys.stderr, flush=True))
+        kw = dict(num_samples=args.n, reference=args.reference, render_options=ro, batch=args.batch,
+                  exclude_seeds=exclude, noise_mode=args.noise_mode,
+                  log=lambda m: print(m, file=sys.stderr, flush=True))
+        if args.seeds is not None:
+            reports = []
+            for sd in seeds:
+                reports.append(dict(synthfaces_quality(G, seed=sd, **kw), model=str(args.model), net=args.net))
+                print(format_line(reports[-1]), flush=True)
+            r = summarize_seeds(reports)
+        else:
+            r = synthfaces_quality(G, seed=0 if args.seed is None else args.seed,
+                                   diagnose_components=args.diagnose, **kw)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
@@ -605,7 +676,7 @@ def main(argv=None) -> int:
         print(f"error: {prefix}{msg}", file=sys.stderr)
         return 1
     r = dict(r, model=str(args.model), net=args.net)
-    print(format_table(r))
+    print(format_summary(r) if args.seeds is not None else format_table(r))
     if args.out:
         from training.evaluation.metrics import save_report
 
