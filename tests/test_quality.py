@@ -286,7 +286,9 @@ def test_flat_params_numbers_lists_and_indicators():
     assert got == {"a.x": 0.5, "a.on": 1.0, "a.kind=full": 1.0, "a.rgb[0]": 0.1, "a.rgb[1]": 0.2, "n": 3.0}
 
 
-def test_cli_diagnose(tiny_G, classifier, tmp_path):
+@pytest.fixture
+def tiny_cli_args(tiny_G, tmp_path):
+    """The CLI's arguments for the tiny G saved as a StyleMix snapshot, at the tests' size."""
     from stylemix.checkpoints import save_generator
 
     tiny_G.init_kwargs = dict(z_dim=16, c_dim=0, w_dim=16, img_resolution=64, img_channels=3,
@@ -294,6 +296,11 @@ def test_cli_diagnose(tiny_G, classifier, tmp_path):
                               synthesis_kwargs=dict(channel_base=256, channel_max=16))
     snap = save_generator(tiny_G, tmp_path / "snap.safetensors", provenance={"test": True})
     base = ["--model", str(snap), "--render-options", json.dumps(RO), "--n", str(N)]
+    return base
+
+
+def test_cli_diagnose(tiny_cli_args, classifier):
+    base = tiny_cli_args
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
         rc = quality.main(base + ["--diagnose", "3"])
@@ -320,14 +327,8 @@ def test_parse_seeds():
             quality.parse_seeds(bad)
 
 
-def test_cli_seeds_reports_each_seed_and_the_worst(tiny_G, classifier, tmp_path):
-    from stylemix.checkpoints import save_generator
-
-    tiny_G.init_kwargs = dict(z_dim=16, c_dim=0, w_dim=16, img_resolution=64, img_channels=3,
-                              mapping_kwargs=dict(num_layers=1),
-                              synthesis_kwargs=dict(channel_base=256, channel_max=16))
-    snap = save_generator(tiny_G, tmp_path / "snap.safetensors", provenance={"test": True})
-    base = ["--model", str(snap), "--render-options", json.dumps(RO), "--n", str(N)]
+def test_cli_seeds_reports_each_seed_and_the_worst(tiny_cli_args, classifier, tmp_path):
+    base = tiny_cli_args
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
         rc = quality.main(base + ["--seeds", "0-1", "--out", str(tmp_path / "q.json")])
