@@ -383,8 +383,9 @@ def _split(a: ReferenceStats, b: ReferenceStats) -> dict:
     return {"fd": fd, "mean_term": mean, "covariance_term": fd - mean}
 
 
-def _along_axes(ref: ReferenceStats, s: ReferenceStats) -> float:
-    w, v = _psd_eigh(ref.sigma)
+def _along_axes(w: np.ndarray, v: np.ndarray, s: ReferenceStats) -> float:
+    """The covariance term against the reference (eigenvalues w, eigenvectors v) if `s` kept only
+    the diagonal of its covariance in that basis."""
     var = np.einsum("di,de,ei->i", v, s.sigma, v)
     return float(((np.sqrt(np.maximum(w, 0)) - np.sqrt(np.maximum(var, 0))) ** 2).sum())
 
@@ -430,9 +431,9 @@ def diagnose(ref: ReferenceStats, other: ReferenceStats, fake: ReferenceStats, *
         raise ValueError(f"params_n must be >= 3, got {params_n}")
     from training.data.synthfaces import render_many
 
-    w, v = _psd_eigh(ref.sigma)
-    order = np.argsort(w)[::-1][:min(components, len(w))]
-    w, v = w[order], v[:, order]
+    w_all, v_all = _psd_eigh(ref.sigma)
+    order = np.argsort(w_all)[::-1][:min(components, len(w_all))]
+    w, v = w_all[order], v_all[:, order]
     safe = np.where(w > 0, w, np.inf)
 
     def along(s: ReferenceStats) -> tuple[np.ndarray, np.ndarray]:
@@ -443,7 +444,7 @@ def diagnose(ref: ReferenceStats, other: ReferenceStats, fake: ReferenceStats, *
     ratio_floor, _ = along(other)
     samples, floor = _split(ref, fake), _split(ref, other)
     for part, s in ((samples, fake), (floor, other)):
-        part["along_axes"] = _along_axes(ref, s)
+        part["along_axes"] = _along_axes(w_all, v_all, s)
         part["between_axes"] = part["covariance_term"] - part["along_axes"]
     pairs = _correlated_axes(v, fake, other, top=int(top_pairs))
 
