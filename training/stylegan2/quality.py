@@ -383,21 +383,22 @@ def _split(a: ReferenceStats, b: ReferenceStats) -> dict:
     return {"fd": fd, "mean_term": mean, "covariance_term": fd - mean}
 
 
-def _along_axes(w: np.ndarray, v: np.ndarray, s: ReferenceStats) -> float:
-    """The covariance term against the reference (eigenvalues w, eigenvectors v) if `s` kept only
-    the diagonal of its covariance in that basis."""
-    var = np.einsum("di,de,ei->i", v, s.sigma, v)
+def _along_axes(w: np.ndarray, var: np.ndarray) -> float:
+    """The covariance term against a reference with eigenvalues w if the other set's covariance,
+    rotated into the reference's eigenvectors, kept only its diagonal `var`."""
     return float(((np.sqrt(np.maximum(w, 0)) - np.sqrt(np.maximum(var, 0))) ** 2).sum())
 
 
-def _correlated_axes(v: np.ndarray, fake: ReferenceStats, other: ReferenceStats, top: int) -> list:
-    def corr(s: ReferenceStats) -> np.ndarray:
-        c = v.T @ s.sigma @ v
-        d = np.sqrt(np.maximum(np.diag(c), 0))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(np.outer(d, d) > 0, c / np.where(np.outer(d, d) > 0, np.outer(d, d), 1.0), 0.0)
+def _correlation(c: np.ndarray) -> np.ndarray:
+    """A covariance matrix as correlations (0 where a variance is 0)."""
+    d = np.sqrt(np.maximum(np.diag(c), 0))
+    dd = np.outer(d, d)
+    return np.where(dd > 0, c / np.where(dd > 0, dd, 1.0), 0.0)
 
-    cf, co = corr(fake), corr(other)
+
+def _correlated_axes(c_fake: np.ndarray, c_other: np.ndarray, top: int) -> list:
+    """The `top` most correlated pairs (i, j, r_fake, r_other) of two covariances in the same axes."""
+    cf, co = _correlation(c_fake), _correlation(c_other)
     i, j = np.triu_indices(len(cf), 1)
     order = np.argsort(-np.abs(cf[i, j]), kind="stable")[:max(0, top)]
     return [[int(i[k]), int(j[k]), float(cf[i[k], j[k]]), float(co[i[k], j[k]])] for k in order]
@@ -432,21 +433,20 @@ def diagnose(ref: ReferenceStats, other: ReferenceStats, fake: ReferenceStats, *
     from training.data.synthfaces import render_many
 
     w_all, v_all = _psd_eigh(ref.sigma)
-    order = np.argsort(w_all)[::-1][:min(components, len(w_all))]
-    w, v = w_all[order], v_all[:, order]
+    order = np.argsort(w_all)[::-1]
+    w_all, v_all = w_all[order], v_all[:, order]
+    k = min(components, len(w_all))
+    w, v = w_all[:k], v_all[:, :k]
     safe = np.where(w > 0, w, np.inf)
-
-    def along(s: ReferenceStats) -> tuple[np.ndarray, np.ndarray]:
-        var = np.einsum("di,de,ei->i", v, s.sigma, v)
-        return var / safe, ((s.mu - ref.mu) @ v) / np.sqrt(safe)
-
-    ratio_fake, shift_fake = along(fake)
-    ratio_floor, _ = along(other)
+    # each set's covariance in the reference's principal axes, largest first
+    c_fake, c_floor = (v_all.T @ s.sigma @ v_all for s in (fake, other))
+    ratio_fake, ratio_floor = np.diag(c_fake)[:k] / safe, np.diag(c_floor)[:k] / safe
+    shift_fake = ((fake.mu - ref.mu) @ v) / np.sqrt(safe)
     samples, floor = _split(ref, fake), _split(ref, other)
-    for part, s in ((samples, fake), (floor, other)):
-        part["along_axes"] = _along_axes(w_all, v_all, s)
+    for part, c in ((samples, c_fake), (floor, c_floor)):
+        part["along_axes"] = _along_axes(w_all, np.diag(c))
         part["between_axes"] = part["covariance_term"] - part["along_axes"]
-    pairs = _correlated_axes(v, fake, other, top=int(top_pairs))
+    pairs = _correlated_axes(c_fake[:k, :k], c_floor[:k, :k], top=int(top_pairs))
 
     params = _params(int(params_n), render_options, int(reference_seed))
     net = ClassifierFeatures(classifier)
@@ -583,17 +583,23 @@ def summarize_seeds(reports: Sequence[Mapping]) -> dict:
     })
 
 
+def _gaps_text(gaps: Mapping) -> str:
+    return " ".join(f"{a} {100 * g:+.2f}" for a, g in gaps.items())
+
+
+def _ratio_text(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def format_line(r: Mapping) -> str:
-    ratio = "-" if r["ratio"] is None else f"{r['ratio']:.3f}"
-    gaps = " ".join(f"{a} {100 * g:+.2f}" for a, g in r["rate_gaps"].items())
-    return f"  seed {r['seed']:<5} ratio {ratio:<7} fd {r['fd']:.4f}  {gaps}  {'PASS' if r['passed'] else 'FAIL'}"
+    return (f"  seed {r['seed']:<5} ratio {_ratio_text(r['ratio']):<7} fd {r['fd']:.4f}  "
+            f"{_gaps_text(r['rate_gaps'])}  {'PASS' if r['passed'] else 'FAIL'}")
 
 
 def format_summary(s: Mapping) -> str:
-    f = (lambda x: "-" if x is None else f"{x:.3f}")
-    gaps = " ".join(f"{a} {100 * g:+.2f}" for a, g in s["worst_rate_gaps"].items())
-    return (f"  {len(s['seeds'])} seeds: ratio mean {f(s['ratio_mean'])}, worst {f(s['ratio_max'])}; "
-            f"largest gaps {gaps}; passed at {len(s['passed_seeds'])} of {len(s['seeds'])}"
+    return (f"  {len(s['seeds'])} seeds: ratio mean {_ratio_text(s['ratio_mean'])}, worst "
+            f"{_ratio_text(s['ratio_max'])}; largest gaps {_gaps_text(s['worst_rate_gaps'])}; "
+            f"passed at {len(s['passed_seeds'])} of {len(s['seeds'])}"
             f"{'' if s['at_bar_size'] else ' (not at the bar size)'}: {'PASS' if s['passed_all'] else 'FAIL'}")
 
 
