@@ -46,7 +46,9 @@ def nets():
 
 
 def test_widened_networks_compute_the_same_images_and_scores(nets):
+    rng = torch.get_rng_state()
     grown, diffs = grow_networks(nets, cbase=1024, cmax=None, seed=0)
+    assert torch.equal(torch.get_rng_state(), rng)  # the caller's random stream is untouched
     assert set(diffs) == {"G", "G_ema", "D"} and max(diffs.values()) <= TOLERANCE
     # the 16x16 block doubled (16 -> 64 channels would be capped at 32 by channel_max), 8x8 stayed at 32
     old_sd, new_sd = nets["G"].state_dict(), grown["G"].state_dict()

@@ -136,8 +136,9 @@ def grow_networks(nets: dict, *, cbase: int | None, cmax: int | None, seed: int 
             continue
         kwargs = widen_kwargs(net.init_kwargs, which, cbase=cbase, cmax=cmax)
         if which == "D" or g_init is None:
-            torch.manual_seed(seed + (1 if which == "D" else 0))
-            init = _build(which, kwargs).state_dict()
+            with torch.random.fork_rng(devices=[]):  # the caller's RNG stream is left as it was
+                torch.manual_seed(seed + (1 if which == "D" else 0))
+                init = _build(which, kwargs).state_dict()
             if which != "D":
                 g_init = init  # G and G_ema gain the same new weights
         else:
@@ -240,9 +241,13 @@ def main(argv=None) -> int:
         return 1
     params = {k: sum(p.numel() for p in v.parameters()) for k, v in grown.items() if v is not None}
     print(f"grew {source}: channel_base {old[0]} -> {new[0]}, channel_max {old[1]} -> {new[1]}; "
-          + ", ".join(f"{k} {n / 1e6:.2f}M parameters" for k, n in params.items() if k != "G_ema")
+          + ", ".join(f"{k} {n / 1e6:.2f}M parameters" for k, n in params.items())
           + "; largest |difference| " + ", ".join(f"{k} {v:.2g}" for k, v in diffs.items()))
-    print(f"wrote {out}" + (" and its companions" if grown["D"] is not None or grown["G"] is not None else ""))
+    written = [out] + [companion_file(out, kind) for kind, key in (("discriminator", "D"), ("training-generator", "G"))
+                       if grown[key] is not None and (key == "D" or grown["G_ema"] is not None)]
+    print("wrote " + ", ".join(str(p) for p in written))
+    if grown["D"] is None:
+        print(f"note: {args.src} has no discriminator; `train --resume {out}` starts D from random weights")
     return 0
 
 
