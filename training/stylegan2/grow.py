@@ -130,21 +130,21 @@ def grow_networks(nets: dict, *, cbase: int | None, cmax: int | None, seed: int 
     grown networks compute something else (difference above TOLERANCE)."""
     grown: dict = {"G": None, "G_ema": None, "D": None}
     g_init = None
-    for which in ("G", "G_ema", "D"):
-        net = nets.get(which)
-        if net is None:
-            continue
-        kwargs = widen_kwargs(net.init_kwargs, which, cbase=cbase, cmax=cmax)
-        if which == "D" or g_init is None:
-            with torch.random.fork_rng(devices=[]):  # the caller's RNG stream is left as it was
+    with torch.random.fork_rng(devices=[]):  # building modules draws from it: the caller's stream stays
+        for which in ("G", "G_ema", "D"):
+            net = nets.get(which)
+            if net is None:
+                continue
+            kwargs = widen_kwargs(net.init_kwargs, which, cbase=cbase, cmax=cmax)
+            if which == "D" or g_init is None:
                 torch.manual_seed(seed + (1 if which == "D" else 0))
                 init = _build(which, kwargs).state_dict()
-            if which != "D":
-                g_init = init  # G and G_ema gain the same new weights
-        else:
-            init = g_init
-        old_sd = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-        grown[which] = _build(which, kwargs, widen_state_dict(old_sd, init))
+                if which != "D":
+                    g_init = init  # G and G_ema gain the same new weights
+            else:
+                init = g_init
+            old_sd = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+            grown[which] = _build(which, kwargs, widen_state_dict(old_sd, init))
     diffs = _largest_difference(nets, grown, seed=seed)
     worse = {k: v for k, v in diffs.items() if not v <= TOLERANCE}
     if worse:
