@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import copy
-import io
 import json
-from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
 import torch
@@ -14,6 +12,7 @@ from stylemix.networks.stylegan2 import Discriminator, Generator
 from training.stylegan2 import snapshot as snap_io
 from training.stylegan2.grow import TOLERANCE, grow_networks, main, widen_kwargs, widen_state_dict
 
+from ._cli import run_cli
 from .test_train import TINY, run_main, write_png_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -101,10 +100,7 @@ def test_shrinking_and_other_shape_changes_are_refused(nets):
 
 
 def _cli(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
+    return run_cli(main, argv)
 
 
 def test_cli_grows_a_run_and_training_goes_on_from_it(tmp_path):
@@ -128,6 +124,11 @@ def test_cli_grows_a_run_and_training_goes_on_from_it(tmp_path):
     assert (old(z, c, noise_mode="const") - new(z, c, noise_mode="const")).abs().max() <= TOLERANCE
     prov = read_header(out)["provenance"]
     assert prov["kimg_total"] == pytest.approx(0.008) and prov["grow"]["channel_base"] == [256, 512]
+    # a grown file with its companions grows again, G and D found beside it
+    rc, stdout, err = _cli([str(out), "--out", str(tmp_path / "again.safetensors"), "--cbase", "1024"])
+    assert rc == 0, err
+    assert "D: " in stdout and "G: " in stdout and "channel_base 512 -> 1024" in stdout
+    assert read_header(tmp_path / "again.safetensors")["provenance"]["kimg_total"] == pytest.approx(0.008)
     # the old configuration no longer fits; the grown one trains on, counting the images
     runs2 = tmp_path / "runs2"
     rc, _, err = run_main(["--data", str(data), "--outdir", str(runs2), *TINY, "--kimg", "0.004", "--tick", "0.004",

@@ -17,6 +17,8 @@ from stylemix.networks.stylegan2 import Generator
 from training.stylegan2 import quality
 from training.stylegan2.train import main as train_main
 
+from ._cli import run_cli
+
 N = 64
 RO = {"res": 64}
 
@@ -139,10 +141,7 @@ def test_render_options_from_synthfaces_zip(tmp_path):
 
 
 def _run(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        rc = train_main(argv)
-    return rc, out.getvalue(), err.getvalue()
+    return run_cli(train_main, argv)
 
 
 def test_train_cli_metrics_option(tmp_path):

@@ -8,10 +8,8 @@ pretrained/MANIFEST.json; the real pretrained/ folder is never written.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import shlex
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,8 @@ from stylemix.networks.stylegan2 import Generator
 from training.stylegan2 import ship as ship_mod
 from training.stylegan2.train import build_options, build_parser
 from training.stylegan2.training_loop import TrainingSet
+
+from ._cli import run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -114,10 +114,7 @@ def write_quality(tmp_path, report, name="quality.json") -> Path:
 
 
 def run_main(argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        rc = ship_mod.main(argv)
-    return rc, out.getvalue(), err.getvalue()
+    return run_cli(ship_mod.main, argv)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ shared; two threads on two busy cores run ~10x slower).
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -16,7 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,8 @@ from training.stylegan2.configs import resolve_spec
 from training.stylegan2.loss import StyleGAN2Loss
 from training.stylegan2.train import build_options, build_parser, main
 from training.stylegan2.training_loop import InfiniteSampler, Trainer, TrainingSet
+
+from ._cli import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--cfg", "lite", "--cbase", "256", "--cmax", "32", "--map", "1", "--wdim", "32", "--batch", "4",
@@ -77,10 +77,7 @@ def write_png_folder(folder: Path, n=16, size=16, seed=0) -> Path:
 
 
 def run_main(argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
+    return run_cli(main, argv)
 
 
 def subprocess_env() -> dict:
@@ -430,8 +427,10 @@ def test_cli_finetune_snapshots_count_the_checkpoints_images(tmp_path):
     # resuming that run's last snapshot in turn counts on from there
     nets = snap_io.load_resume_networks(snap_io.read_latest(run)["network_path"])
     assert nets["earlier_kimg"] == pytest.approx(300.008)
+    assert nets["G_kwargs"] == src.G_ema.init_kwargs and nets["D_kwargs"] is None  # a G_ema file: no D
     nets = snap_io.load_resume_networks(snap_io.read_latest(run)["state_path"])
     assert nets["earlier_kimg"] == pytest.approx(300.008)
+    assert nets["G_kwargs"] == src.G_ema.init_kwargs and nets["D_kwargs"]["channel_base"] == 256
     assert load_generator(snap_io.read_latest(run)["network_path"]).img_resolution == 16
 
 

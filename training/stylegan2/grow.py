@@ -156,32 +156,17 @@ def grow_networks(nets: dict, *, cbase: int | None, cmax: int | None, seed: int 
 
 def load_source(src) -> tuple[dict, str, float | None]:
     """({'G', 'G_ema', 'D': modules or None}, source description, kimg trained in all or None) from a
-    run directory, a training-state file, or a generator with its companions."""
+    run directory (its latest training state), a training-state file, or a generator with its
+    companions (what `train --resume` reads: snapshot.load_resume_networks)."""
     from . import snapshot as snap_io
 
     p = Path(str(src)).expanduser()
-    if p.is_dir():
-        p = snap_io.read_latest(p)["state_path"]
-    if p.is_file() and snap_io.is_training_state(p):
-        state = snap_io.load_training_state(p)
-        nets = {k: snap_io.network_from_state(state, k) if state.get(k) is not None else None
-                for k in ("G", "G_ema", "D")}
-        nimg = int(state["counters"]["cur_nimg"])
-        return nets, str(p), snap_io.total_kimg(state.get("options"), nimg) or nimg / 1000
-    found = snap_io.load_resume_networks(src)
-    from stylemix.checkpoints import load_networks
-
-    template = load_networks(src, device="cpu")
-    g_kwargs = getattr(template.get("G_ema", template.get("G")), "init_kwargs", None)
+    found = snap_io.load_resume_networks(snap_io.read_latest(p)["state_path"] if p.is_dir() else src)
     nets = {"G": None, "G_ema": None, "D": None}
-    for which in ("G", "G_ema", "D"):
+    for which in nets:
         if found.get(which) is None:
             continue
-        kwargs = g_kwargs
-        if which == "D":
-            companion = snap_io.find_companion(src, "discriminator")
-            d = load_networks(companion, device="cpu").get("D") if companion is not None else template.get("D")
-            kwargs = getattr(d, "init_kwargs", None)
+        kwargs = found.get(f"{which[0]}_kwargs")
         if not isinstance(kwargs, dict):
             raise ValueError(f"{src}: cannot tell the {which} network's configuration")
         nets[which] = _build(which, kwargs, found[which])
@@ -231,11 +216,14 @@ def main(argv=None) -> int:
         if kimg is not None:
             provenance["kimg_total"] = kimg
         # Companions first: a complete OUT means its companions are there.
-        if grown["D"] is not None:
-            save_discriminator(grown["D"], companion_file(out, "discriminator"), provenance=provenance)
-        if grown["G"] is not None and grown["G_ema"] is not None:
-            save_generator(grown["G"], companion_file(out, "training-generator"), provenance=provenance)
-        save_generator(grown["G_ema"] if grown["G_ema"] is not None else grown["G"], out, provenance=provenance)
+        files = [(grown["D"], companion_file(out, "discriminator"), save_discriminator)]
+        if grown["G_ema"] is not None:
+            files.append((grown["G"], companion_file(out, "training-generator"), save_generator))
+        files.append((grown["G_ema"] if grown["G_ema"] is not None else grown["G"], out, save_generator))
+        written = []
+        for net, path, save in files:
+            if net is not None:
+                written.append(save(net, path, provenance=provenance))
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -243,8 +231,6 @@ def main(argv=None) -> int:
     print(f"grew {source}: channel_base {old[0]} -> {new[0]}, channel_max {old[1]} -> {new[1]}; "
           + ", ".join(f"{k} {n / 1e6:.2f}M parameters" for k, n in params.items())
           + "; largest |difference| " + ", ".join(f"{k} {v:.2g}" for k, v in diffs.items()))
-    written = [out] + [companion_file(out, kind) for kind, key in (("discriminator", "D"), ("training-generator", "G"))
-                       if grown[key] is not None and (key == "D" or grown["G_ema"] is not None)]
     print("wrote " + ", ".join(str(p) for p in written))
     if grown["D"] is None:
         print(f"note: {args.src} has no discriminator; `train --resume {out}` starts D from random weights")

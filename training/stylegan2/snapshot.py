@@ -202,25 +202,30 @@ def check_state_dict_match(src: dict[str, torch.Tensor], dst: torch.nn.Module, *
 
 
 def load_resume_networks(path_or_name) -> dict[str, Any]:
-    """{'G', 'D', 'G_ema': state dicts or None, 'source': str, 'format': str, 'earlier_kimg': float or
-    None} from anything stylemix.checkpoints reads (official pickles, rosinality, StyleMix files,
-    registered names) or from a StyleMix training state file. `earlier_kimg`: the images (thousands)
-    the checkpoint was trained on, where this trainer made it (see trained_kimg)."""
+    """{'G', 'D', 'G_ema': state dicts or None, 'G_kwargs', 'D_kwargs': the networks' constructor
+    arguments or None, 'source': str, 'format': str, 'earlier_kimg': float or None} from anything
+    stylemix.checkpoints reads (official pickles, rosinality, StyleMix files, registered names) or
+    from a StyleMix training state file. `earlier_kimg`: the images (thousands) the checkpoint was
+    trained on, where this trainer made it (see trained_kimg)."""
     p = Path(str(path_or_name)).expanduser()
     if p.is_file() and is_training_state(p):
         state = load_training_state(p)
         nimg = int(state["counters"]["cur_nimg"])
+        o = state.get("options") or {}
         return dict(G=state["G"], D=state["D"], G_ema=state["G_ema"], source=str(p), format=STATE_FORMAT,
+                    G_kwargs=o.get("G_kwargs"), D_kwargs=o.get("D_kwargs"),
                     earlier_kimg=total_kimg(state.get("options"), nimg) or nimg / 1000)
     from stylemix.checkpoints import load_networks
 
     nets = load_networks(path_or_name, device="cpu")
     out: dict[str, Any] = dict(source=str(path_or_name), format=nets.get("format"),
-                               earlier_kimg=trained_kimg(nets.get("provenance")))
+                               earlier_kimg=trained_kimg(nets.get("provenance")), G_kwargs=None, D_kwargs=None)
     for name in ("G", "D", "G_ema"):
         net = nets.get(name)
         out[name] = {k: v.detach().clone() for k, v in net.state_dict().items()} \
             if isinstance(net, torch.nn.Module) else None
+        if out[name] is not None and out[f"{name[0]}_kwargs"] is None:
+            out[f"{name[0]}_kwargs"] = getattr(net, "init_kwargs", None)
     if out["G_ema"] is None and out["G"] is None:
         raise ValueError(f"{path_or_name}: no generator in this checkpoint")
     # A shipped generator's companions (ship --with-d): its D, and its G (the trained weights; the
@@ -231,6 +236,8 @@ def load_resume_networks(path_or_name) -> dict[str, Any]:
         net = load_networks(src, device="cpu").get("D" if key == "D" else "G_ema") if src is not None else None
         if isinstance(net, torch.nn.Module):
             out[key] = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            if out[f"{key}_kwargs"] is None:
+                out[f"{key}_kwargs"] = getattr(net, "init_kwargs", None)
             found.append(f"{key}: {src}")
     if found:
         out["source"] = f"{path_or_name} ({', '.join(found)})"

@@ -1,0 +1,14 @@
+"""Running a command's `main(argv)` in process with its output captured."""
+
+from __future__ import annotations
+
+import io
+from contextlib import redirect_stderr, redirect_stdout
+
+
+def run_cli(main, argv) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `main(argv)`."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = main(argv)
+    return rc, out.getvalue(), err.getvalue()
