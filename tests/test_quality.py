@@ -5,9 +5,7 @@ Tiny: 64 renders/samples, a 64x64 generator with 16 channels, one torch thread.
 
 from __future__ import annotations
 
-import io
 import json
-from contextlib import redirect_stderr, redirect_stdout
 
 import numpy as np
 import pytest
@@ -214,18 +212,17 @@ def test_quality_of_a_training_state_G_or_G_ema(tiny_G, classifier, tmp_path):
         quality.load_quality_generator(snap, net="G")
 
     # the CLI measures the network it names
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        rc = quality.main(["--model", str(state), "--net", "G", "--render-options", json.dumps(RO), "--n", str(N)])
-    assert rc == 0, err.getvalue()
-    r = json.loads(out.getvalue().strip().splitlines()[-1])
+    rc, out, err = run_cli(quality.main, ["--model", str(state), "--net", "G", "--render-options", json.dumps(RO),
+                                          "--n", str(N)])
+    assert rc == 0, err
+    r = json.loads(out.strip().splitlines()[-1])
     direct = quality.synthfaces_quality(raw, num_samples=N, render_options=RO, classifier=classifier)
     assert r["net"] == "G" and r["fd"] == pytest.approx(direct["fd"], rel=1e-6)
     ema = quality.synthfaces_quality(tiny_G, num_samples=N, render_options=RO, classifier=classifier)
     assert abs(ema["fd"] - r["fd"]) > 1e-3  # G and G_ema differ, so the choice shows
-    with redirect_stdout(io.StringIO()), redirect_stderr(err := io.StringIO()):
-        rc = quality.main(["--model", str(snap), "--net", "G", "--render-options", json.dumps(RO), "--n", str(N)])
-    assert rc == 1 and "holds no training generator G" in err.getvalue()
+    rc, _, err = run_cli(quality.main, ["--model", str(snap), "--net", "G", "--render-options", json.dumps(RO),
+                                        "--n", str(N)])
+    assert rc == 1 and "holds no training generator G" in err
 
 
 def test_diagnosis_splits_the_distance_and_names_the_axes(classifier):
@@ -300,21 +297,18 @@ def tiny_cli_args(tiny_G, tmp_path):
 
 def test_cli_diagnose(tiny_cli_args, classifier):
     base = tiny_cli_args
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        rc = quality.main(base + ["--diagnose", "3"])
-    assert rc == 0, err.getvalue()
-    text = out.getvalue()
+    rc, text, err = run_cli(quality.main, base + ["--diagnose", "3"])
+    assert rc == 0, err
     r = json.loads(text.strip().splitlines()[-1])
     d = r["diagnosis"]
     assert len(d["components"]) == 3 and d["params_n"] == N and "diagnosis: fd" in text
     assert d["samples"]["fd"] == pytest.approx(r["fd"]) and d["floor"]["fd"] == pytest.approx(r["floor"])
-    with redirect_stdout(out := io.StringIO()), redirect_stderr(io.StringIO()):
-        assert quality.main(base) == 0
-    assert "diagnosis" not in json.loads(out.getvalue().strip().splitlines()[-1])
-    with redirect_stdout(io.StringIO()), redirect_stderr(err := io.StringIO()):
-        assert quality.main(base + ["--diagnose", "-1"]) == 1
-    assert "diagnose_components" in err.getvalue()
+    rc, out, _ = run_cli(quality.main, base)
+    assert rc == 0
+    assert "diagnosis" not in json.loads(out.strip().splitlines()[-1])
+    rc, _, err = run_cli(quality.main, base + ["--diagnose", "-1"])
+    assert rc == 1
+    assert "diagnose_components" in err
 
 
 def test_parse_seeds():
@@ -328,18 +322,15 @@ def test_parse_seeds():
 
 def test_cli_seeds_reports_each_seed_and_the_worst(tiny_cli_args, classifier, tmp_path):
     base = tiny_cli_args
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        rc = quality.main(base + ["--seeds", "0-1", "--out", str(tmp_path / "q.json")])
-    assert rc == 0, err.getvalue()
-    text = out.getvalue()
+    rc, text, err = run_cli(quality.main, base + ["--seeds", "0-1", "--out", str(tmp_path / "q.json")])
+    assert rc == 0, err
     s = json.loads(text.strip().splitlines()[-1])
     assert s == json.loads((tmp_path / "q.json").read_text())
     assert s["seeds"] == [0, 1] and [r["seed"] for r in s["reports"]] == [0, 1]
     # each seed's report is what --seed S gives on its own
-    with redirect_stdout(one := io.StringIO()), redirect_stderr(io.StringIO()):
-        assert quality.main(base + ["--seed", "1"]) == 0
-    alone = json.loads(one.getvalue().strip().splitlines()[-1])
+    rc, one, _ = run_cli(quality.main, base + ["--seed", "1"])
+    assert rc == 0
+    alone = json.loads(one.strip().splitlines()[-1])
     assert s["reports"][1]["fd"] == pytest.approx(alone["fd"]) and s["reports"][1]["rates"] == alone["rates"]
     assert s["reports"][0]["fd"] != s["reports"][1]["fd"]
     ratios = [r["ratio"] for r in s["reports"]]
@@ -355,6 +346,6 @@ def test_cli_seeds_reports_each_seed_and_the_worst(tiny_cli_args, classifier, tm
     assert quality.summarize_seeds([ok, dict(ok, seed=1, passed=False)])["passed_seeds"] == [0]
     for extra, match in ((["--seeds", "0-1", "--seed", "2"], "not both"), (["--seeds", "0-1", "--diagnose"], "one seed"),
                          (["--seeds", "2-1"], "backwards")):
-        with redirect_stdout(io.StringIO()), redirect_stderr(err := io.StringIO()):
-            assert quality.main(base + extra) == 1
-        assert match in err.getvalue() and "Traceback" not in err.getvalue()
+        rc, _, err = run_cli(quality.main, base + extra)
+        assert rc == 1
+        assert match in err and "Traceback" not in err
