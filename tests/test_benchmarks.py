@@ -13,6 +13,7 @@ import torch
 from stylemix import api, pretrained
 from stylemix.checkpoints import save_generator
 
+from ._cli import last_json
 from .conftest import REPO
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -54,16 +55,12 @@ def tiny_model(tmp_path_factory, tiny32_G):
         yield str(path)
 
 
-def _last_json(out: str) -> dict:
-    return json.loads(out.strip().splitlines()[-1])
-
-
 def test_bench_inversion_smoke(tiny_model, capsys):
     bench = _load("inversion")
     assert bench.main(["--model", tiny_model, "--n", "2", "--projector-n", "1", "--projector-steps", "2",
                        "--qualities", "fast,balanced", "--threads", "1"]) == 0
     captured = capsys.readouterr()
-    res = _last_json(captured.out)
+    res = last_json(captured.out)
     for key in ("fast", "balanced", "projector_w", "projector_wplus"):
         assert res[key]["n"] == (2 if key == "projector_w" or key == "projector_wplus" else 4)
         for metric in ("psnr", "distance", "identity_l2", "s_per_image"):
@@ -84,7 +81,7 @@ def test_bench_mixing_smoke(tiny_model, capsys):
     assert bench.main(["--model", tiny_model, "--pairs", "2", "--quality", "fast", "--search", "greedy",
                        "--strengths", "2", "--threads", "1"]) == 0
     captured = capsys.readouterr()
-    res = _last_json(captured.out)
+    res = last_json(captured.out)
     assert set(res["both_rate"]) == {"coarse", "middle"}  # 32 px: no fine rows
     assert all(0 <= v <= 1 for v in res["both_rate"].values())
     assert set(res["single_layer_both_rate"]) == {str(i) for i in range(8)}
@@ -244,7 +241,7 @@ def test_bench_mixing_record(tiny_model, tmp_path, monkeypatch, capsys):
     args = ["--pairs", "2", "--quality", "fast", "--strengths", "2", "--threads", "1", "--record"]
     try:
         assert bench.main(["--model", "tinybench"] + args) == 0
-        res = _last_json(capsys.readouterr().out)
+        res = last_json(capsys.readouterr().out)
         data = json.loads((folder / "MANIFEST.json").read_text())
         assert [m["name"] for m in data["models"]] == ["tinybench", "other", "synthfaces64-classifier"]
         assert data["models"][1:] == [other, clf] and data["note"] == "kept"  # in place; the rest untouched
@@ -278,7 +275,7 @@ def test_bench_train_smoke_and_bf16_compare(capsys):
     mode = "compare" if bf16_supported() else "off"
     assert bench.main([*small, "--cpu-bf16", mode]) == 0
     out, err = capsys.readouterr()
-    r = _last_json(out)
+    r = last_json(out)
     assert r["img_per_s"] > 0 and r["res"] == 16 and r["batch"] == 4 and r["conv_dtype"] == "float32"
     assert (r["channel_base"], r["channel_max"], r["map_layers"]) == (64, 16, 1)
     assert r["r1_interval"] == 16 and r["pl_interval"] == 4 and len(r["img_per_s_rounds"]) == 2

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import itertools
-import json
 import os
 import pathlib
 import shutil
@@ -26,6 +25,8 @@ from stylemix.ops import _build
 from stylemix.ops.bias_act import _bias_act_ref, activation_funcs, bias_act
 from stylemix.ops.upfirdn2d import (_parse_padding, _parse_scaling, _upfirdn2d_ref, downsample2d, filter2d,
                                     setup_filter, upfirdn2d, upsample2d)
+
+from ._cli import last_json
 
 ba_mod = importlib.import_module("stylemix.ops.bias_act")
 up_mod = importlib.import_module("stylemix.ops.upfirdn2d")
@@ -430,7 +431,7 @@ def test_processes_build_at_once_despite_a_stale_lock(tmp_path):
     for p in procs:
         stdout, stderr = p.communicate(timeout=180)
         assert p.returncode == 0, stderr
-        outs.append(json.loads(stdout.strip().splitlines()[-1]))
+        outs.append(last_json(stdout))
     assert all(o["ok"] and o["error"] is None for o in outs), outs
     assert outs[0]["dir"] == outs[1]["dir"] == str(build_dir)
     log = (build_dir / ".ninja_log").read_text()

@@ -15,7 +15,7 @@ from stylemix.networks.stylegan2 import Generator
 from training.stylegan2 import quality
 from training.stylegan2.train import main as train_main
 
-from ._cli import run_cli
+from ._cli import last_json, run_cli
 
 N = 64
 RO = {"res": 64}
@@ -215,7 +215,7 @@ def test_quality_of_a_training_state_G_or_G_ema(tiny_G, classifier, tmp_path):
     rc, out, err = run_cli(quality.main, ["--model", str(state), "--net", "G", "--render-options", json.dumps(RO),
                                           "--n", str(N)])
     assert rc == 0, err
-    r = json.loads(out.strip().splitlines()[-1])
+    r = last_json(out)
     direct = quality.synthfaces_quality(raw, num_samples=N, render_options=RO, classifier=classifier)
     assert r["net"] == "G" and r["fd"] == pytest.approx(direct["fd"], rel=1e-6)
     ema = quality.synthfaces_quality(tiny_G, num_samples=N, render_options=RO, classifier=classifier)
@@ -299,13 +299,13 @@ def test_cli_diagnose(tiny_cli_args, classifier):
     base = tiny_cli_args
     rc, text, err = run_cli(quality.main, base + ["--diagnose", "3"])
     assert rc == 0, err
-    r = json.loads(text.strip().splitlines()[-1])
+    r = last_json(text)
     d = r["diagnosis"]
     assert len(d["components"]) == 3 and d["params_n"] == N and "diagnosis: fd" in text
     assert d["samples"]["fd"] == pytest.approx(r["fd"]) and d["floor"]["fd"] == pytest.approx(r["floor"])
     rc, out, _ = run_cli(quality.main, base)
     assert rc == 0
-    assert "diagnosis" not in json.loads(out.strip().splitlines()[-1])
+    assert "diagnosis" not in last_json(out)
     rc, _, err = run_cli(quality.main, base + ["--diagnose", "-1"])
     assert rc == 1
     assert "diagnose_components" in err
@@ -324,13 +324,13 @@ def test_cli_seeds_reports_each_seed_and_the_worst(tiny_cli_args, classifier, tm
     base = tiny_cli_args
     rc, text, err = run_cli(quality.main, base + ["--seeds", "0-1", "--out", str(tmp_path / "q.json")])
     assert rc == 0, err
-    s = json.loads(text.strip().splitlines()[-1])
+    s = last_json(text)
     assert s == json.loads((tmp_path / "q.json").read_text())
     assert s["seeds"] == [0, 1] and [r["seed"] for r in s["reports"]] == [0, 1]
     # each seed's report is what --seed S gives on its own
     rc, one, _ = run_cli(quality.main, base + ["--seed", "1"])
     assert rc == 0
-    alone = json.loads(one.strip().splitlines()[-1])
+    alone = last_json(one)
     assert s["reports"][1]["fd"] == pytest.approx(alone["fd"]) and s["reports"][1]["rates"] == alone["rates"]
     assert s["reports"][0]["fd"] != s["reports"][1]["fd"]
     ratios = [r["ratio"] for r in s["reports"]]
