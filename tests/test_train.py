@@ -136,6 +136,30 @@ def test_lazy_regularisation_optimisers_and_options():
     assert o2["desc"] == "mem-lite-gamma3-batch4-fixed-p0.2-resumex"
 
 
+def test_path_length_and_style_mixing_can_be_switched_off():
+    o, _ = make_options(["--pl-weight", "0", "--mixing", "0"])
+    assert (o["loss_kwargs"]["pl_weight"], o["loss_kwargs"]["style_mixing_prob"]) == (0, 0)
+    assert o["desc"] == "mem-lite-pl0-mixing0-batch4-ada"
+    for bad in (["--pl-weight", "-1"], ["--mixing", "1.5"], ["--mixing", "-0.1"]):
+        with pytest.raises(ValueError, match="--pl-weight must be >= 0|--mixing must be in"):
+            make_options(bad)
+
+    def mapping_calls(extra):
+        torch.manual_seed(0)
+        tr = make_trainer(extra)
+        calls = []
+        tr.G.mapping.register_forward_hook(lambda *_: calls.append(1))
+        tr.train_step()  # the first step runs all four phases, Greg included
+        return tr, len(calls)
+
+    on, n_on = mapping_calls(["--mixing", "1"])
+    off, n_off = mapping_calls(["--pl-weight", "0", "--mixing", "0"])
+    # mixing 1: every G pass draws a second latent for the layers after the cut-off
+    assert n_on > n_off > 0
+    assert float(on.loss.pl_mean) != 0  # the path-length phase ran and moved its running mean
+    assert float(off.loss.pl_mean) == 0  # ... and was skipped at weight 0
+
+
 # ------------------------------------------------------------------------------------------------
 # Losses and the loop
 
@@ -705,15 +729,17 @@ def test_resume_run_dir_with_new_batch_lr_ema_gamma_and_moved_data(tmp_path):
     shutil.copytree(run, copy)
     run = copy
     rc, out, err = run_main(["--resume", str(run), "--data", str(moved), "--batch", "8", "--glr", "0.001",
-                             "--ema", "0.02", "--gamma", "0.5", "--kimg", "0.032", "--no-progress"])
+                             "--ema", "0.02", "--gamma", "0.5", "--pl-weight", "0", "--mixing", "0.5",
+                             "--kimg", "0.032", "--no-progress"])
     assert rc == 0, err
     o = json.loads((run / "training_options.json").read_text())
     assert (o["batch_size"], o["batch_gpu"], o["G_opt_kwargs"]["lr"], o["D_opt_kwargs"]["lr"], o["ema_kimg"],
             o["loss_kwargs"]["r1_gamma"]) == (8, 4, 0.001, 0.0025, 0.02, 0.5)
+    assert (o["loss_kwargs"]["pl_weight"], o["loss_kwargs"]["style_mixing_prob"]) == (0, 0.5)
     assert o["data"]["path"] == str(moved.resolve())
     assert Path(o["run_dir"]).resolve() == copy.resolve()
     assert {k: v for k, v in o["resume_changes"][-1].items() if k != "timestamp"} == dict(
-        batch=8, glr=0.001, ema=0.02, gamma=0.5, data=str(moved.resolve()), at_kimg=0.016)
+        batch=8, glr=0.001, ema=0.02, gamma=0.5, pl_weight=0, mixing=0.5, data=str(moved.resolve()), at_kimg=0.016)
     latest = json.loads((run / "latest.json").read_text())
     assert latest["cur_nimg"] == 32 and latest["step"] == step0 + 2  # 16 more images in steps of 8
 

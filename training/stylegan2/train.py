@@ -16,7 +16,8 @@
 Options follow the official StyleGAN2-ADA train.py (--cfg, --gamma, --kimg, --batch, --snap,
 --mirror, --cond, --aug, --p, --target, --augpipe, --resume, --freezed, --seed, --workers, --dry-run);
 ours: --warmup-d KIMG (D alone first, for checkpoints without a discriminator), --glr/--dlr (as in
-StyleGAN3's train.py), --ema KIMG (G_ema half-life), --cfg lite, --tick, --batch-gpu, --cbase/--cmax/--map/--wdim (network size), --keep-states,
+StyleGAN3's train.py), --ema KIMG (G_ema half-life), --pl-weight W and --mixing P (path-length weight and
+style-mixing probability, 0 = off, as the official cifar config sets them), --cfg lite, --tick, --batch-gpu, --cbase/--cmax/--map/--wdim (network size), --keep-states,
 --device, --no-progress, --metrics synthfaces|none with --metrics-n N and --metrics-render-options JSON
 (evaluated at each snapshot on rank 0; results in stats.jsonl and metric-synthfaces<N>.jsonl). Each run gets `<outdir>/<NNNNN>-<dataset>[-cond][-mirror]-<cfg>...`, with
 training_options.json, stats.jsonl (one JSON line per tick: losses, p, img/s, kimg, sec), stats.png,
@@ -51,9 +52,10 @@ DEFAULTS = dict(cfg="auto", snap=50, tick=4.0, seed=0, aug="ada", target=0.6, au
 METRICS = ("synthfaces", "none")
 # What `--resume RUN_DIR` lets you change when continuing a run (everything else comes from the run).
 RESUME_OVERRIDES = ("kimg", "snap", "tick", "workers", "keep_states", "device", "threads", "cpu_bf16", "progress",
-                    "dry_run", "resume", "batch", "batch_gpu", "glr", "dlr", "ema", "gamma", "data")
+                    "dry_run", "resume", "batch", "batch_gpu", "glr", "dlr", "ema", "gamma", "pl_weight", "mixing",
+                    "data")
 # what a resume may change in how the run continues (recorded in training_options.json's resume_changes)
-RESUME_CHANGES = ("batch", "batch_gpu", "glr", "dlr", "ema", "gamma", "data")
+RESUME_CHANGES = ("batch", "batch_gpu", "glr", "dlr", "ema", "gamma", "pl_weight", "mixing", "data")
 
 
 class UsageError(ValueError):
@@ -70,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cfg", choices=None, help="lite | auto | stylegan2 | paper256 | paper512 | paper1024 "
                                                  "(default: auto)")
     g.add_argument("--gamma", type=float, help="R1 weight (default: from --cfg)")
+    g.add_argument("--pl-weight", dest="pl_weight", type=float,
+                   help="path-length regularisation weight, 0 = off (default: 2, as in every official config "
+                        "but cifar)")
+    g.add_argument("--mixing", type=float, help="style-mixing regularisation probability, 0 = off (default: 0.9, "
+                                                "as in every official config but cifar)")
     g.add_argument("--kimg", type=float, help="training length in thousands of images (default: from --cfg)")
     g.add_argument("--batch", type=int, help="global batch size, all processes (default: from --cfg)")
     g.add_argument("--glr", type=float, help="G learning rate (default: from --cfg)")
@@ -111,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", help="checkpoint to start from (name, .pkl/.pt/.safetensors, training state) "
                                     "or a run directory to continue (with its own options; --kimg, --snap, --tick, "
                                     "--workers, --keep-states, --device, --threads, --cpu-bf16, --batch, "
-                                    "--batch-gpu, --glr, --dlr, --ema, --gamma and --data, for a copy of its "
-                                    "dataset, may change)")
+                                    "--batch-gpu, --glr, --dlr, --ema, --gamma, --pl-weight, --mixing and "
+                                    "--data, for a copy of its dataset, may change)")
     t.add_argument("--freezed", type=int, help="freeze the first N layers of D, counted from the input (default: 0)")
     t.add_argument("--warmup-d", dest="warmup_d", type=float,
                    help="train D alone (G and G_ema weights frozen) for the first KIMG thousand images; for a "
@@ -149,6 +156,10 @@ def describe_run(o: dict) -> str:
         desc += f"{o['num_gpus']}"
     if a.get("gamma") is not None:
         desc += f"-gamma{a['gamma']:g}"
+    if a.get("pl_weight") is not None:
+        desc += f"-pl{a['pl_weight']:g}"
+    if a.get("mixing") is not None:
+        desc += f"-mixing{a['mixing']:g}"
     if a.get("kimg") is not None:
         desc += f"-kimg{a['kimg']:g}"
     if a.get("batch") is not None:
@@ -238,6 +249,8 @@ def build_options(args, *, training_set, world_size: int, device_type: str = "cp
     gamma = a.get("gamma", spec["gamma"])
     if gamma < 0:
         raise UsageError(f"--gamma must be >= 0, got {gamma}")
+    pl_weight, mixing = a.get("pl_weight", 2.0), a.get("mixing", 0.9)
+    _check_pl_mixing(pl_weight, mixing)
     kimg = a.get("kimg", spec["kimg"])
     if not kimg > 0:
         raise UsageError(f"--kimg must be > 0, got {kimg}")
@@ -273,7 +286,8 @@ def build_options(args, *, training_set, world_size: int, device_type: str = "cp
         G_kwargs=G_kwargs, D_kwargs=D_kwargs,
         G_opt_kwargs=dict(lr=glr, betas=[0, 0.99], eps=1e-8),
         D_opt_kwargs=dict(lr=dlr, betas=[0, 0.99], eps=1e-8),
-        loss_kwargs=dict(r1_gamma=gamma, pl_weight=2, pl_decay=0.01, pl_batch_shrink=2, style_mixing_prob=0.9),
+        loss_kwargs=dict(r1_gamma=gamma, pl_weight=pl_weight, pl_decay=0.01, pl_batch_shrink=2,
+                         style_mixing_prob=mixing),
         G_reg_interval=4, D_reg_interval=16,
         batch_size=batch, batch_gpu=batch_gpu,
         ema_kimg=a.get("ema", spec["ema"]), ema_rampup=ema_rampup,
@@ -284,12 +298,19 @@ def build_options(args, *, training_set, world_size: int, device_type: str = "cp
         total_kimg=kimg, kimg_per_tick=tick, snap=snap, keep_states=a.get("keep_states", DEFAULTS["keep_states"]),
         random_seed=a.get("seed", DEFAULTS["seed"]), workers=workers,
         resume=str(a["resume"]) if fine_tune else None, freezed=freezed, warmup_d_kimg=float(warmup_d),
-        args={k: v for k, v in a.items() if k in ("gamma", "kimg", "batch", "glr", "dlr", "ema", "p", "target", "augpipe",
+        args={k: v for k, v in a.items() if k in ("gamma", "pl_weight", "mixing", "kimg", "batch", "glr", "dlr", "ema", "p", "target", "augpipe",
                                                   "resume", "freezed", "warmup_d")},
     )
     o["metrics"] = metrics_options(a, data_path=args.data, resolution=res)
     o["desc"] = describe_run(o)
     return o
+
+
+def _check_pl_mixing(pl_weight, mixing) -> None:
+    if pl_weight is not None and not pl_weight >= 0:
+        raise UsageError(f"--pl-weight must be >= 0, got {pl_weight}")
+    if mixing is not None and not 0 <= mixing <= 1:
+        raise UsageError(f"--mixing must be in [0, 1], got {mixing}")
 
 
 def metrics_options(a: dict, *, data_path, resolution: int) -> dict | None:
@@ -391,7 +412,7 @@ def options_for_resumed_run(args, run_dir: Path, *, world_size: int) -> dict:
     if conflicts:
         raise UsageError("--resume RUN_DIR continues that run with its own options; only --kimg, --snap, --tick, "
                          "--workers, --keep-states, --device, --threads, --cpu-bf16, --batch, --batch-gpu, --glr, "
-                         "--dlr, --ema, --gamma and --data may change (got " +
+                         "--dlr, --ema, --gamma, --pl-weight, --mixing and --data may change (got " +
                          ", ".join("--" + k.replace("_", "-") for k in conflicts) + ")")
     if "kimg" in a:
         if not a["kimg"] > 0:
@@ -415,6 +436,10 @@ def options_for_resumed_run(args, run_dir: Path, *, world_size: int) -> dict:
             if not (a[key] > 0 or (key == "gamma" and a[key] == 0)):
                 raise UsageError(f"--{key} must be > {'=' if key == 'gamma' else ''} 0, got {a[key]}")
             (o if part is None else o[part])[field] = a[key]
+    _check_pl_mixing(a.get("pl_weight"), a.get("mixing"))
+    for key, field in (("pl_weight", "pl_weight"), ("mixing", "style_mixing_prob")):
+        if key in a:
+            o["loss_kwargs"][field] = a[key]
     if "batch" in a or "batch_gpu" in a:
         batch = a.get("batch", o["batch_size"])
         if batch < 1 or batch % world_size != 0:
