@@ -16,10 +16,12 @@
 Options follow the official StyleGAN2-ADA train.py (--cfg, --gamma, --kimg, --batch, --snap,
 --mirror, --cond, --aug, --p, --target, --augpipe, --resume, --freezed, --seed, --workers, --dry-run);
 ours: --warmup-d KIMG (D alone first, for checkpoints without a discriminator), --glr/--dlr (as in
-StyleGAN3's train.py), --ema KIMG (G_ema half-life), --pl-weight W and --mixing P (path-length weight and
-style-mixing probability, 0 = off, as the official cifar config sets them), --cfg lite, --tick, --batch-gpu, --cbase/--cmax/--map/--wdim (network size), --keep-states,
---device, --no-progress, --metrics synthfaces|none with --metrics-n N and --metrics-render-options JSON
-(evaluated at each snapshot on rank 0; results in stats.jsonl and metric-synthfaces<N>.jsonl). Each run gets `<outdir>/<NNNNN>-<dataset>[-cond][-mirror]-<cfg>...`, with
+StyleGAN3's train.py), --ema KIMG (G_ema half-life), --pl-weight W and --mixing P (path-length weight
+and style-mixing probability, 0 = off, as the official cifar config sets them), --cfg lite, --tick,
+--batch-gpu, --cbase/--cmax/--map/--wdim (network size), --keep-states, --device, --no-progress,
+--metrics synthfaces|none with --metrics-n N and --metrics-render-options JSON (evaluated at each
+snapshot on rank 0; results in stats.jsonl and metric-synthfaces<N>.jsonl). Each run gets
+`<outdir>/<NNNNN>-<dataset>[-cond][-mirror]-<cfg>...`, with
 training_options.json, stats.jsonl (one JSON line per tick: losses, p, img/s, kimg, sec), stats.png,
 reals.png, fakes_init.png, fakes<kimg>.png, network-snapshot-<kimg>.safetensors (G_ema, loadable
 with stylemix.checkpoints.load_generator), training-state-<kimg>.pt and latest.json.
@@ -298,8 +300,8 @@ def build_options(args, *, training_set, world_size: int, device_type: str = "cp
         total_kimg=kimg, kimg_per_tick=tick, snap=snap, keep_states=a.get("keep_states", DEFAULTS["keep_states"]),
         random_seed=a.get("seed", DEFAULTS["seed"]), workers=workers,
         resume=str(a["resume"]) if fine_tune else None, freezed=freezed, warmup_d_kimg=float(warmup_d),
-        args={k: v for k, v in a.items() if k in ("gamma", "pl_weight", "mixing", "kimg", "batch", "glr", "dlr", "ema", "p", "target", "augpipe",
-                                                  "resume", "freezed", "warmup_d")},
+        args={k: v for k, v in a.items() if k in ("gamma", "pl_weight", "mixing", "kimg", "batch", "glr", "dlr", "ema",
+                                                  "p", "target", "augpipe", "resume", "freezed", "warmup_d")},
     )
     o["metrics"] = metrics_options(a, data_path=args.data, resolution=res)
     o["desc"] = describe_run(o)
