@@ -10,7 +10,7 @@ import torch
 
 from stylemix.networks.stylegan2 import Discriminator, Generator
 from training.stylegan2 import snapshot as snap_io
-from training.stylegan2.grow import TOLERANCE, grow_networks, main, widen_kwargs, widen_state_dict
+from training.stylegan2.grow import TOLERANCE, deepen_mapping, grow_networks, main, widen_kwargs, widen_state_dict
 
 from ._cli import run_cli
 from .test_train import TINY, run_main, write_png_folder
@@ -99,6 +99,54 @@ def test_shrinking_and_other_shape_changes_are_refused(nets):
         widen_state_dict(old, Generator(**{**G_KW, "img_resolution": 32}).state_dict())
 
 
+def test_deeper_mapping_network_is_distilled_from_the_old_one(nets):
+    deep, info = deepen_mapping(nets, num_layers=3, steps=800, batch=64, seed=0)
+    assert deep["D"] is nets["D"]
+    for which in ("G", "G_ema"):
+        new, old = deep[which], nets[which]
+        assert new.init_kwargs["mapping_kwargs"]["num_layers"] == 3 and new.mapping.num_layers == 3
+        old_sd, new_sd = old.state_dict(), new.state_dict()
+        for k, v in old_sd.items():
+            if not k.startswith("mapping.fc"):
+                assert torch.equal(new_sd[k], v), k  # synthesis and w_avg kept
+    for k, v in deep["G"].mapping.state_dict().items():
+        if k != "w_avg":  # both generators get the one distilled network
+            assert torch.equal(v, deep["G_ema"].mapping.state_dict()[k]), k
+    assert info["rel_mse"] < 0.5 * info["rel_mse_start"]
+    # the stored weights are in the generator's parametrisation: its own forward gives the distilled w
+    z = torch.randn([256, 32])
+    with torch.no_grad():
+        w_old = nets["G_ema"].mapping(z, None)[:, 0]
+        w_new = deep["G_ema"].mapping(z, None)[:, 0]
+    err = float((((w_new - w_old) / w_old.std(dim=0)) ** 2).mean())
+    assert err == pytest.approx(info["rel_mse"], rel=0.5)
+    with pytest.raises(ValueError, match="--map must be >= 1"):
+        deepen_mapping(nets, num_layers=0)
+
+
+def test_cli_deepens_the_mapping_network_and_training_goes_on(tmp_path):
+    from stylemix.checkpoints import read_header
+
+    data = write_png_folder(tmp_path / "data")
+    rc, _, err = run_main(["--data", str(data), "--outdir", str(tmp_path / "runs"), *TINY, "--kimg", "0.008",
+                           "--tick", "0.004", "--snap", "1", "--no-progress"])
+    assert rc == 0, err
+    run = next((tmp_path / "runs").iterdir())
+    out = tmp_path / "deep.safetensors"
+    rc, stdout, err = _cli([str(run), "--out", str(out), "--map", "2", "--map-steps", "40"])
+    assert rc == 0, err
+    assert "mapping network 1 -> 2 layers, distilled in 40 steps" in stdout
+    grow = read_header(out)["provenance"]["grow"]
+    assert grow["map_layers"] == [1, 2] and grow["map_distillation"]["steps"] == 40
+    tiny = [*TINY]
+    tiny[tiny.index("--map") + 1] = "2"
+    rc, _, err = run_main(["--data", str(data), "--outdir", str(tmp_path / "runs2"), *tiny, "--kimg", "0.004",
+                           "--tick", "0.004", "--snap", "1", "--no-progress", "--map-lr", "10", "--resume", str(out)])
+    assert rc == 0, err
+    rc, _, err = _cli([str(run), "--out", str(tmp_path / "bad.safetensors"), "--map", "0"])
+    assert rc == 1 and err.startswith("error: --map must be >= 1") and not (tmp_path / "bad.safetensors").exists()
+
+
 def _cli(argv):
     return run_cli(main, argv)
 
@@ -151,5 +199,5 @@ def test_cli_errors_are_one_line(tmp_path):
     rc, _, err = _cli([str(tmp_path), "--out", str(tmp_path / "g.pt"), "--cbase", "512"])
     assert rc == 1 and "must end in .safetensors" in err
     rc, _, err = _cli([str(tmp_path), "--out", str(tmp_path / "g.safetensors")])
-    assert rc == 1 and "nothing to grow" in err
+    assert rc == 1 and "nothing to grow" in err and "--map" in err
     assert not list(tmp_path.glob("g*"))

@@ -160,6 +160,39 @@ def test_path_length_and_style_mixing_can_be_switched_off():
     assert float(off.loss.pl_mean) == 0  # ... and was skipped at weight 0
 
 
+def test_mapping_network_learning_rate_multiple():
+    o, _ = make_options(["--map-lr", "5", "--glr", "0.001"])
+    assert o["G_opt_kwargs"]["mapping_lr_mult"] == 5 and "mapping_lr_mult" not in o["D_opt_kwargs"]
+    assert o["desc"] == "mem-lite-batch4-glr0.001-maplr5-ada"
+    with pytest.raises(ValueError, match="--map-lr must be > 0"):
+        make_options(["--map-lr", "0"])
+    tr = make_trainer(["--map-lr", "5", "--glr", "0.001"])
+    mapping = {id(p) for p in tr.G.mapping.parameters()}
+    rest, mapped = tr.opts["G"].param_groups
+    assert {id(p) for p in mapped["params"]} == mapping and not mapping & {id(p) for p in rest["params"]}
+    assert len(rest["params"]) + len(mapped["params"]) == len(list(tr.G.parameters()))
+    assert (rest["lr"], mapped["lr"]) == (pytest.approx(0.001 * 4 / 5), pytest.approx(0.005 * 4 / 5))
+    assert len(tr.opts["D"].param_groups) == 1
+    before = {n: p.clone() for n, p in tr.G.named_parameters()}
+    tr.train_step()
+    moved = {n: float((p - before[n]).abs().max()) for n, p in tr.G.named_parameters()}
+    assert all(v > 0 for n, v in moved.items() if n.startswith("mapping.fc"))
+
+    # a state saved with one grouping resumes with the other: each parameter keeps its own moments
+    for src_extra, dst_extra in (([], ["--map-lr", "5"]), (["--map-lr", "5"], [])):
+        src = make_trainer(src_extra)
+        src.train_step()
+        names = [n for n, _ in src.G.named_parameters()]
+        src_params = [p for g in src.opts["G"].param_groups for p in g["params"]]
+        by_name = {names[[id(q) for q in src.G.parameters()].index(id(p))]: src.opts["G"].state[p]["exp_avg_sq"]
+                   for p in src_params}
+        tr = make_trainer(dst_extra, resume=dict(kind="state", state=src.state_dict(), source="mem"))
+        assert len(tr.opts["G"].param_groups) == (2 if dst_extra else 1)
+        for n, p in tr.G.named_parameters():
+            assert torch.equal(tr.opts["G"].state[p]["exp_avg_sq"], by_name[n]), n
+        tr.train_step()
+
+
 # ------------------------------------------------------------------------------------------------
 # Losses and the loop
 
@@ -730,16 +763,18 @@ def test_resume_run_dir_with_new_batch_lr_ema_gamma_and_moved_data(tmp_path):
     run = copy
     rc, out, err = run_main(["--resume", str(run), "--data", str(moved), "--batch", "8", "--glr", "0.001",
                              "--ema", "0.02", "--gamma", "0.5", "--pl-weight", "0", "--mixing", "0.5",
-                             "--kimg", "0.032", "--no-progress"])
+                             "--map-lr", "3", "--kimg", "0.032", "--no-progress"])
     assert rc == 0, err
     o = json.loads((run / "training_options.json").read_text())
     assert (o["batch_size"], o["batch_gpu"], o["G_opt_kwargs"]["lr"], o["D_opt_kwargs"]["lr"], o["ema_kimg"],
             o["loss_kwargs"]["r1_gamma"]) == (8, 4, 0.001, 0.0025, 0.02, 0.5)
     assert (o["loss_kwargs"]["pl_weight"], o["loss_kwargs"]["style_mixing_prob"]) == (0, 0.5)
+    assert o["G_opt_kwargs"]["mapping_lr_mult"] == 3
     assert o["data"]["path"] == str(moved.resolve())
     assert Path(o["run_dir"]).resolve() == copy.resolve()
     assert {k: v for k, v in o["resume_changes"][-1].items() if k != "timestamp"} == dict(
-        batch=8, glr=0.001, ema=0.02, gamma=0.5, pl_weight=0, mixing=0.5, data=str(moved.resolve()), at_kimg=0.016)
+        batch=8, glr=0.001, ema=0.02, gamma=0.5, pl_weight=0, mixing=0.5, map_lr=3, data=str(moved.resolve()),
+        at_kimg=0.016)
     latest = json.loads((run / "latest.json").read_text())
     assert latest["cur_nimg"] == 32 and latest["step"] == step0 + 2  # 16 more images in steps of 8
 

@@ -16,8 +16,9 @@
 Options follow the official StyleGAN2-ADA train.py (--cfg, --gamma, --kimg, --batch, --snap,
 --mirror, --cond, --aug, --p, --target, --augpipe, --resume, --freezed, --seed, --workers, --dry-run);
 ours: --warmup-d KIMG (D alone first, for checkpoints without a discriminator), --glr/--dlr (as in
-StyleGAN3's train.py), --ema KIMG (G_ema half-life), --pl-weight W and --mixing P (path-length weight
-and style-mixing probability, 0 = off, as the official cifar config sets them), --cfg lite, --tick,
+StyleGAN3's train.py), --map-lr M (the mapping network at M x G's learning rate), --ema KIMG (G_ema
+half-life), --pl-weight W and --mixing P (path-length weight and style-mixing probability, 0 = off,
+as the official cifar config sets them), --cfg lite, --tick,
 --batch-gpu, --cbase/--cmax/--map/--wdim (network size), --keep-states, --device, --no-progress,
 --metrics synthfaces|none with --metrics-n N and --metrics-render-options JSON (evaluated at each
 snapshot on rank 0; results in stats.jsonl and metric-synthfaces<N>.jsonl). Each run gets
@@ -54,10 +55,10 @@ DEFAULTS = dict(cfg="auto", snap=50, tick=4.0, seed=0, aug="ada", target=0.6, au
 METRICS = ("synthfaces", "none")
 # What `--resume RUN_DIR` lets you change when continuing a run (everything else comes from the run).
 RESUME_OVERRIDES = ("kimg", "snap", "tick", "workers", "keep_states", "device", "threads", "cpu_bf16", "progress",
-                    "dry_run", "resume", "batch", "batch_gpu", "glr", "dlr", "ema", "gamma", "pl_weight", "mixing",
-                    "data")
+                    "dry_run", "resume", "batch", "batch_gpu", "glr", "dlr", "map_lr", "ema", "gamma", "pl_weight",
+                    "mixing", "data")
 # what a resume may change in how the run continues (recorded in training_options.json's resume_changes)
-RESUME_CHANGES = ("batch", "batch_gpu", "glr", "dlr", "ema", "gamma", "pl_weight", "mixing", "data")
+RESUME_CHANGES = ("batch", "batch_gpu", "glr", "dlr", "map_lr", "ema", "gamma", "pl_weight", "mixing", "data")
 
 
 class UsageError(ValueError):
@@ -83,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch", type=int, help="global batch size, all processes (default: from --cfg)")
     g.add_argument("--glr", type=float, help="G learning rate (default: from --cfg)")
     g.add_argument("--dlr", type=float, help="D learning rate (default: from --cfg)")
+    g.add_argument("--map-lr", dest="map_lr", type=float,
+                   help="G's mapping network at this multiple of G's learning rate, on top of its own "
+                        "lr_multiplier (default: 1)")
     g.add_argument("--ema", type=float, help="G_ema half-life in kimg (default: from --cfg; the official auto "
                                               "config uses batch * 10 / 32, e.g. 80 for --batch 256)")
     g.add_argument("--batch-gpu", dest="batch_gpu", type=int,
@@ -120,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", help="checkpoint to start from (name, .pkl/.pt/.safetensors, training state) "
                                     "or a run directory to continue (with its own options; --kimg, --snap, --tick, "
                                     "--workers, --keep-states, --device, --threads, --cpu-bf16, --batch, "
-                                    "--batch-gpu, --glr, --dlr, --ema, --gamma, --pl-weight, --mixing and "
-                                    "--data, for a copy of its dataset, may change)")
+                                    "--batch-gpu, --glr, --dlr, --map-lr, --ema, --gamma, --pl-weight, --mixing "
+                                    "and --data, for a copy of its dataset, may change)")
     t.add_argument("--freezed", type=int, help="freeze the first N layers of D, counted from the input (default: 0)")
     t.add_argument("--warmup-d", dest="warmup_d", type=float,
                    help="train D alone (G and G_ema weights frozen) for the first KIMG thousand images; for a "
@@ -169,6 +173,8 @@ def describe_run(o: dict) -> str:
     for key in ("glr", "dlr", "ema"):
         if a.get(key) is not None:
             desc += f"-{key}{a[key]:g}"
+        if key == "dlr" and a.get("map_lr") is not None:
+            desc += f"-maplr{a['map_lr']:g}"
     desc += f"-{o['aug']}"
     if a.get("p") is not None:
         desc += f"-p{a['p']:g}"
@@ -244,9 +250,9 @@ def build_options(args, *, training_set, world_size: int, device_type: str = "cp
     if augpipe not in augpipe_specs:
         raise UsageError(f"--augpipe {augpipe!r} is not a preset; choose from {', '.join(augpipe_specs)}")
 
-    for key in ("glr", "dlr", "ema"):
+    for key in ("glr", "dlr", "map_lr", "ema"):
         if key in a and not a[key] > 0:
-            raise UsageError(f"--{key} must be > 0, got {a[key]}")
+            raise UsageError(f"--{key.replace('_', '-')} must be > 0, got {a[key]}")
     glr, dlr = a.get("glr", spec["lrate"]), a.get("dlr", spec["lrate"])
     gamma = a.get("gamma", spec["gamma"])
     if gamma < 0:
@@ -286,7 +292,8 @@ def build_options(args, *, training_set, world_size: int, device_type: str = "cp
         cfg=cfg, cfg_spec=spec, num_gpus=world_size,
         data=dict(path=str(Path(args.data).expanduser().resolve()), **training_set.describe()),
         G_kwargs=G_kwargs, D_kwargs=D_kwargs,
-        G_opt_kwargs=dict(lr=glr, betas=[0, 0.99], eps=1e-8),
+        G_opt_kwargs=dict(lr=glr, betas=[0, 0.99], eps=1e-8,
+                          **({"mapping_lr_mult": a["map_lr"]} if "map_lr" in a else {})),
         D_opt_kwargs=dict(lr=dlr, betas=[0, 0.99], eps=1e-8),
         loss_kwargs=dict(r1_gamma=gamma, pl_weight=pl_weight, pl_decay=0.01, pl_batch_shrink=2,
                          style_mixing_prob=mixing),
@@ -300,8 +307,9 @@ def build_options(args, *, training_set, world_size: int, device_type: str = "cp
         total_kimg=kimg, kimg_per_tick=tick, snap=snap, keep_states=a.get("keep_states", DEFAULTS["keep_states"]),
         random_seed=a.get("seed", DEFAULTS["seed"]), workers=workers,
         resume=str(a["resume"]) if fine_tune else None, freezed=freezed, warmup_d_kimg=float(warmup_d),
-        args={k: v for k, v in a.items() if k in ("gamma", "pl_weight", "mixing", "kimg", "batch", "glr", "dlr", "ema",
-                                                  "p", "target", "augpipe", "resume", "freezed", "warmup_d")},
+        args={k: v for k, v in a.items() if k in ("gamma", "pl_weight", "mixing", "kimg", "batch", "glr", "dlr",
+                                                  "map_lr", "ema", "p", "target", "augpipe", "resume", "freezed",
+                                                  "warmup_d")},
     )
     o["metrics"] = metrics_options(a, data_path=args.data, resolution=res)
     o["desc"] = describe_run(o)
@@ -414,7 +422,7 @@ def options_for_resumed_run(args, run_dir: Path, *, world_size: int) -> dict:
     if conflicts:
         raise UsageError("--resume RUN_DIR continues that run with its own options; only --kimg, --snap, --tick, "
                          "--workers, --keep-states, --device, --threads, --cpu-bf16, --batch, --batch-gpu, --glr, "
-                         "--dlr, --ema, --gamma, --pl-weight, --mixing and --data may change (got " +
+                         "--dlr, --map-lr, --ema, --gamma, --pl-weight, --mixing and --data may change (got " +
                          ", ".join("--" + k.replace("_", "-") for k in conflicts) + ")")
     if "kimg" in a:
         if not a["kimg"] > 0:
@@ -433,10 +441,12 @@ def options_for_resumed_run(args, run_dir: Path, *, world_size: int) -> dict:
     if "keep_states" in a:
         o["keep_states"] = a["keep_states"]
     for key, (part, field) in (("glr", ("G_opt_kwargs", "lr")), ("dlr", ("D_opt_kwargs", "lr")),
+                               ("map_lr", ("G_opt_kwargs", "mapping_lr_mult")),
                                ("ema", (None, "ema_kimg")), ("gamma", ("loss_kwargs", "r1_gamma"))):
         if key in a:
             if not (a[key] > 0 or (key == "gamma" and a[key] == 0)):
-                raise UsageError(f"--{key} must be > {'=' if key == 'gamma' else ''} 0, got {a[key]}")
+                raise UsageError(f"--{key.replace('_', '-')} must be > {'=' if key == 'gamma' else ''} 0, "
+                                 f"got {a[key]}")
             (o if part is None else o[part])[field] = a[key]
     _check_pl_mixing(a.get("pl_weight"), a.get("mixing"))
     for key, field in (("pl_weight", "pl_weight"), ("mixing", "style_mixing_prob")):
