@@ -99,6 +99,15 @@ def test_shrinking_and_other_shape_changes_are_refused(nets):
         widen_state_dict(old, Generator(**{**G_KW, "img_resolution": 32}).state_dict())
 
 
+def _tiny_run(tmp_path):
+    """(data folder, run directory) of an 8-image TINY training run."""
+    data = write_png_folder(tmp_path / "data")
+    rc, _, err = run_main(["--data", str(data), "--outdir", str(tmp_path / "runs"), *TINY, "--kimg", "0.008",
+                           "--tick", "0.004", "--snap", "1", "--no-progress"])
+    assert rc == 0, err
+    return data, next((tmp_path / "runs").iterdir())
+
+
 def test_deeper_mapping_network_is_distilled_from_the_old_one(nets):
     deep, info = deepen_mapping(nets, num_layers=3, steps=800, batch=64, seed=0)
     assert deep["D"] is nets["D"]
@@ -127,11 +136,7 @@ def test_deeper_mapping_network_is_distilled_from_the_old_one(nets):
 def test_cli_deepens_the_mapping_network_and_training_goes_on(tmp_path):
     from stylemix.checkpoints import read_header
 
-    data = write_png_folder(tmp_path / "data")
-    rc, _, err = run_main(["--data", str(data), "--outdir", str(tmp_path / "runs"), *TINY, "--kimg", "0.008",
-                           "--tick", "0.004", "--snap", "1", "--no-progress"])
-    assert rc == 0, err
-    run = next((tmp_path / "runs").iterdir())
+    data, run = _tiny_run(tmp_path)
     out = tmp_path / "deep.safetensors"
     rc, stdout, err = _cli([str(run), "--out", str(out), "--map", "2", "--map-steps", "40"])
     assert rc == 0, err
@@ -154,11 +159,7 @@ def _cli(argv):
 def test_cli_grows_a_run_and_training_goes_on_from_it(tmp_path):
     from stylemix.checkpoints import load_generator, read_header
 
-    data = write_png_folder(tmp_path / "data")
-    rc, _, err = run_main(["--data", str(data), "--outdir", str(tmp_path / "runs"), *TINY, "--kimg", "0.008",
-                           "--tick", "0.004", "--snap", "1", "--no-progress"])
-    assert rc == 0, err
-    run = next((tmp_path / "runs").iterdir())
+    data, run = _tiny_run(tmp_path)
     out = tmp_path / "grown.safetensors"
     rc, stdout, err = _cli([str(run), "--out", str(out), "--cbase", "512"])
     assert rc == 0, err
