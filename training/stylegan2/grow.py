@@ -284,10 +284,6 @@ def main(argv=None) -> int:
             raise ValueError(f"--out must end in .safetensors, got {out}")
         if args.cbase is None and args.cmax is None and args.map is None:
             raise ValueError("give --cbase, --cmax and/or --map: nothing to grow")
-        if args.map is not None and args.map < 1:
-            raise ValueError(f"--map must be >= 1, got {args.map}")
-        if args.map_steps < 1:
-            raise ValueError(f"--map-steps must be >= 1, got {args.map_steps}")
         for name, value in (("--cbase", args.cbase), ("--cmax", args.cmax)):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be positive, got {value}")

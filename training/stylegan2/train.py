@@ -170,11 +170,9 @@ def describe_run(o: dict) -> str:
         desc += f"-kimg{a['kimg']:g}"
     if a.get("batch") is not None:
         desc += f"-batch{a['batch']}"
-    for key in ("glr", "dlr", "ema"):
+    for key in ("glr", "dlr", "map_lr", "ema"):
         if a.get(key) is not None:
-            desc += f"-{key}{a[key]:g}"
-        if key == "dlr" and a.get("map_lr") is not None:
-            desc += f"-maplr{a['map_lr']:g}"
+            desc += f"-{key.replace('_', '')}{a[key]:g}"
     desc += f"-{o['aug']}"
     if a.get("p") is not None:
         desc += f"-p{a['p']:g}"

@@ -300,35 +300,29 @@ class _Stats:
 FLOAT32_PHASES = ("Dreg",)
 
 
-def _param_groups(module: torch.nn.Module, mapping_lr_mult) -> list[dict]:
-    """[{'params', 'lr_mult'}]: one group, or with `mapping_lr_mult` (G's --map-lr) two, the mapping
-    network's parameters last, each group in the module's parameter order."""
+def _param_groups(module: torch.nn.Module, lr: float, mapping_lr_mult=None) -> list[dict]:
+    """Adam's parameter groups: one at `lr`, or with `mapping_lr_mult` (G's --map-lr) two, the mapping
+    network's parameters last at `lr * mapping_lr_mult`, each group in the module's parameter order
+    (frozen D layers are buffers: never optimised)."""
     named = list(module.named_parameters())
     if mapping_lr_mult is None:
-        return [{"params": [p for _, p in named], "lr_mult": 1.0}]
-    return [{"params": [p for n, p in named if not n.startswith("mapping.")], "lr_mult": 1.0},
-            {"params": [p for n, p in named if n.startswith("mapping.")], "lr_mult": float(mapping_lr_mult)}]
-
-
-def _scaled(groups: list[dict], lr: float) -> list[dict]:
-    return [{"params": g["params"], "lr": lr * g["lr_mult"]} for g in groups]
+        return [{"params": [p for _, p in named], "lr": lr}]
+    return [{"params": [p for n, p in named if not n.startswith("mapping.")], "lr": lr},
+            {"params": [p for n, p in named if n.startswith("mapping.")], "lr": lr * float(mapping_lr_mult)}]
 
 
 def _regroup(saved: dict, module: torch.nn.Module, opt: torch.optim.Optimizer) -> dict:
     """An optimiser state saved with one parameter grouping (one group, or the mapping network in a
-    second one) rearranged for `opt`'s grouping: the per-parameter moments follow their parameters."""
-    named = list(module.named_parameters())
-    one = [n for n, _ in named]
-    two = [n for n in one if not n.startswith("mapping.")] + [n for n in one if n.startswith("mapping.")]
-    order = {1: one, 2: two}
-    old_order = order.get(len(saved["param_groups"]))
-    new_order = order.get(len(opt.param_groups))
-    if old_order is None or new_order is None:
+    second one: `_param_groups`) rearranged for `opt`'s grouping: the per-parameter moments follow
+    their parameters."""
+    if len(saved["param_groups"]) not in (1, 2):
         raise ValueError(f"{len(saved['param_groups'])} parameter groups saved, {len(opt.param_groups)} now")
-    by_name = {old_order[int(i)]: st for i, st in saved["state"].items()}
-    current = opt.state_dict()
-    groups = copy.deepcopy(current["param_groups"])
-    return dict(state={new_order.index(n): st for n, st in by_name.items()}, param_groups=groups)
+    name_of = {id(p): n for n, p in module.named_parameters()}
+    saved_groups = _param_groups(module, 0.0, None if len(saved["param_groups"]) == 1 else 1.0)
+    old_order = [name_of[id(p)] for g in saved_groups for p in g["params"]]
+    new_index = {name_of[id(p)]: i for i, p in enumerate(p for g in opt.param_groups for p in g["params"])}
+    state = {new_index[old_order[int(i)]]: st for i, st in saved["state"].items()}
+    return dict(state=state, param_groups=copy.deepcopy(opt.state_dict()["param_groups"]))
 
 
 class _Phase:
@@ -415,14 +409,13 @@ class Trainer:
         for name, module, opt_kwargs, reg_interval in (("G", self.G, o["G_opt_kwargs"], o["G_reg_interval"]),
                                                        ("D", self.D, o["D_opt_kwargs"], o["D_reg_interval"])):
             lr, betas, eps = float(opt_kwargs["lr"]), [float(b) for b in opt_kwargs["betas"]], float(opt_kwargs["eps"])
-            # frozen D layers are buffers: never optimised
-            params = _param_groups(module, opt_kwargs.get("mapping_lr_mult") if name == "G" else None)
+            map_lr = opt_kwargs.get("mapping_lr_mult") if name == "G" else None
             if reg_interval is None:
-                opt = torch.optim.Adam(_scaled(params, lr), lr=lr, betas=tuple(betas), eps=eps)
+                opt = torch.optim.Adam(_param_groups(module, lr, map_lr), lr=lr, betas=tuple(betas), eps=eps)
                 self.phases.append(_Phase(name + "both", module, opt, 1))
             else:
                 mb_ratio = reg_interval / (reg_interval + 1)
-                opt = torch.optim.Adam(_scaled(params, lr * mb_ratio), lr=lr * mb_ratio,
+                opt = torch.optim.Adam(_param_groups(module, lr * mb_ratio, map_lr), lr=lr * mb_ratio,
                                        betas=tuple(b ** mb_ratio for b in betas), eps=eps)
                 self.phases.append(_Phase(name + "main", module, opt, 1))
                 self.phases.append(_Phase(name + "reg", module, opt, int(reg_interval)))
