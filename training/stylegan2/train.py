@@ -722,5 +722,21 @@ def main(argv=None) -> int:
         return 1
 
 
+def _end_process(code: int) -> None:
+    """Leave with `code`; a torchrun rank skips the interpreter's finalization.
+
+    A gloo worker thread can still be releasing the last collective's work (and with it tensors
+    that have Python objects) after the collective returned; if that happens while Python shuts
+    down, the thread cannot take the GIL and the rank aborts ("terminate called without an active
+    exception", seen on loaded CPUs after a finished run). Everything a run writes is complete and
+    closed by now, so a rank flushes its streams and exits at once.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _end_process(main())
