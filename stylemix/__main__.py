@@ -115,7 +115,8 @@ def cmd_convert(args) -> int:
 
     src = args.input
     G = load_generator(src, device="cpu")
-    save_generator(G, args.output, provenance={"converted_from": str(src)})
+    save_generator(G, args.output, provenance={"converted_from": str(src)},
+                   storage_dtype="float16" if args.half else "float32")
     print(args.output)
     return 0
 
@@ -368,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="convert a checkpoint to StyleMix's safetensors format")
     c.add_argument("input", help="official .pkl, rosinality .pt, or StyleMix .safetensors (detected by content)")
     c.add_argument("output", help="output .safetensors path")
+    c.add_argument("--half", action="store_true",
+                   help="store the weights as float16 (half the bytes; loaded back as float32; each weight "
+                        "rounded to float16, so measure the converted file before you rely on it)")
     c.set_defaults(func=cmd_convert)
 
     f = sub.add_parser("fetch", help="download a registered model into $STYLEMIX_CACHE")

@@ -56,6 +56,7 @@ __all__ = [
     "FORMAT_NVIDIA", "FORMAT_ROSINALITY", "FORMAT_STYLEMIX", "save_discriminator",
     "detect_format", "load_generator", "load_networks", "save_generator", "describe",
     "read_nvidia_pickle", "rosinality_to_official", "official_to_rosinality", "generator_kwargs",
+    "stored_state_dict",
 ]
 
 FORMAT_NVIDIA = "stylegan2-ada-pickle"
@@ -900,17 +901,20 @@ def generator_kwargs(G) -> dict:
     return copy.deepcopy(_plain(kw))
 
 
-def save_generator(G, path, *, provenance: dict) -> Path:
+def save_generator(G, path, *, provenance: dict, storage_dtype: str = "float32") -> Path:
     """Write `G` in StyleMix's format (safetensors + JSON header) atomically; returns the path.
 
     provenance: a JSON-serialisable dict saying where the weights come from (training run,
     converted file, licence...). It is stored as is and returned by load_networks()['provenance'].
+    storage_dtype: 'float32' (default: the weights as they are) or 'float16' (half the bytes; each
+    weight rounded to the nearest float16, and loaded back as float32: a different network at the
+    level of that rounding, so measure the file you keep).
     """
     from stylemix.networks.stylegan2 import Generator
 
     if not isinstance(G, Generator):
         raise ValueError(f"save_generator() saves a stylemix Generator, got {type(G).__name__}")
-    return _save_network(G, "Generator", path, provenance=provenance)
+    return _save_network(G, "Generator", path, provenance=provenance, storage_dtype=storage_dtype)
 
 
 def save_discriminator(D, path, *, provenance: dict) -> Path:
@@ -923,7 +927,30 @@ def save_discriminator(D, path, *, provenance: dict) -> Path:
     return _save_network(D, "Discriminator", path, provenance=provenance)
 
 
-def _save_network(net, network: str, path, *, provenance: dict) -> Path:
+STORAGE_DTYPES = {"float32": None, "float16": torch.float16}  # None: as the network holds them
+
+
+def stored_state_dict(net: torch.nn.Module, storage_dtype: str = "float32") -> dict[str, torch.Tensor]:
+    """The tensors a StyleMix file of `net` stores: floating-point ones cast to `storage_dtype`.
+
+    Raises ValueError if a value does not fit that type (inf/nan, or beyond float16's +-65504)."""
+    if storage_dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage dtype must be one of {sorted(STORAGE_DTYPES)}, got {storage_dtype!r}")
+    sd = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
+    target = STORAGE_DTYPES[storage_dtype]
+    if target is None:
+        return sd
+    limit = torch.finfo(target).max
+    for k, v in sd.items():
+        if v.is_floating_point():
+            if v.numel() and (not bool(torch.isfinite(v).all()) or float(v.abs().max()) > limit):
+                raise ValueError(f"{k}: values beyond {storage_dtype}'s range (|x| <= {limit:g}, finite); "
+                                 f"store this network as float32")
+            sd[k] = v.to(target)
+    return sd
+
+
+def _save_network(net, network: str, path, *, provenance: dict, storage_dtype: str = "float32") -> Path:
     from safetensors.torch import save as st_save
 
     from stylemix import __version__
@@ -932,7 +959,7 @@ def _save_network(net, network: str, path, *, provenance: dict) -> Path:
         raise ValueError(f"provenance must be a dict, got {type(provenance).__name__}: {provenance!r}")
     provenance = _jsonable(provenance, "provenance")
     kwargs = _jsonable(generator_kwargs(net), f"{network} kwargs")
-    sd = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
+    sd = stored_state_dict(net, storage_dtype)
     header = {
         "format": FORMAT_STYLEMIX,
         "format_version": STYLEMIX_FORMAT_VERSION,
@@ -945,6 +972,8 @@ def _save_network(net, network: str, path, *, provenance: dict) -> Path:
         "stylemix_version": __version__,
         "torch_version": torch.__version__,
     }
+    if STORAGE_DTYPES[storage_dtype] is not None:
+        header["storage_dtype"] = storage_dtype  # loaders cast back to the network's own dtypes
     data = st_save(sd, metadata={_HEADER_KEY: json.dumps(header, sort_keys=True)})
     path = Path(path)
     atomic_write_bytes(path, data)
@@ -1124,6 +1153,8 @@ def describe(path_or_name) -> dict:
                     kwargs=_jsonable(generator_kwargs(G), "kwargs"))
     if "provenance" in nets:
         info["provenance"] = nets["provenance"]
+    if isinstance(nets.get("header"), dict):
+        info["storage_dtype"] = nets["header"].get("storage_dtype", "float32")
     if isinstance(nets.get("training_set_kwargs"), dict):
         info["training_set_kwargs"] = _jsonable(nets["training_set_kwargs"], "training_set_kwargs")
     return info

@@ -373,6 +373,46 @@ def test_own_format_detects_altered_weights(tmp_path, tiny):
         load_generator(path)
 
 
+def test_float16_storage_halves_the_file_and_loads_the_rounded_weights(tmp_path, tiny):
+    from safetensors import safe_open
+
+    G, _ = make_G(tiny)
+    full, half = tmp_path / "g32.safetensors", tmp_path / "g16.safetensors"
+    save_generator(G, full, provenance={})
+    save_generator(G, half, provenance={"p": 1}, storage_dtype="float16")
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    with safe_open(str(half), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    H = load_generator(half)
+    assert checkpoints.read_header(half)["storage_dtype"] == "float16"
+    assert "storage_dtype" not in checkpoints.read_header(full)
+    assert checkpoints.describe(half)["storage_dtype"] == "float16"
+    assert checkpoints.describe(full)["storage_dtype"] == "float32"
+    for (k, a), (_, b) in zip(G.state_dict().items(), H.state_dict().items()):
+        assert b.dtype == torch.float32 and torch.equal(b, a.half().float()), k
+    # a rounding, not a new network: the images agree to float16's precision
+    ws = torch.randn(2, G.num_ws, G.w_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x, y = G.synthesis(ws, noise_mode="const"), H.synthesis(ws, noise_mode="const")
+    assert 0 < float((x - y).abs().max()) < 0.02
+    # re-saving the loaded network as float32 keeps the rounded weights exactly
+    again = tmp_path / "again.safetensors"
+    save_generator(H, again, provenance={}, storage_dtype="float16")
+    assert checkpoints.read_header(again)["weights_sha256"] == checkpoints.read_header(half)["weights_sha256"]
+
+
+def test_float16_storage_refuses_values_out_of_range(tmp_path, tiny):
+    G, _ = make_G(tiny)
+    with torch.no_grad():
+        G.synthesis.b4.const[0, 0, 0] = 1e6
+    path = tmp_path / "g.safetensors"
+    with pytest.raises(ValueError, match="synthesis.b4.const: values beyond float16"):
+        save_generator(G, path, provenance={}, storage_dtype="float16")
+    with pytest.raises(ValueError, match="storage dtype must be one of"):
+        save_generator(G, path, provenance={}, storage_dtype="bfloat16")
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+
+
 def test_own_format_detected_whatever_its_header_length(tmp_path, tiny):
     # The safetensors header length is a little-endian u64 (a multiple of 8): its first byte runs
     # through 0, 8, ..., 248, including 0x80 and '(' which also open a pickle.

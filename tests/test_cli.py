@@ -71,6 +71,15 @@ def test_info_and_convert(tiny_ckpt, tmp_path, capsys):
     with torch.no_grad():
         assert torch.equal(a.synthesis(ws, noise_mode="const"), b.synthesis(ws, noise_mode="const"))
 
+    half = tmp_path / "half.safetensors"
+    assert main(["convert", str(tiny_ckpt), str(half), "--half"]) == 0
+    assert half.stat().st_size < 0.6 * out.stat().st_size
+    c = load_generator(half)
+    assert all(torch.equal(x, y.half().float()) for x, y in zip(c.state_dict().values(), a.state_dict().values()))
+    capsys.readouterr()
+    assert main(["info", str(half), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["storage_dtype"] == "float16"
+
 
 @pytest.mark.parametrize("argv, needle", [
     (["generate", "--model", "MISSING.pkl", "--outdir", "x"], "MISSING"),

@@ -221,6 +221,43 @@ def test_quality_report_must_be_about_the_snapshot(run_dir, pretrained_dir, tmp_
     assert not out.exists()
 
 
+def test_ship_half_stores_float16_and_needs_the_float16_copy_measured(run_dir, pretrained_dir, tmp_path):
+    from stylemix.__main__ import main as stylemix_main
+
+    snap = run_dir / "network-snapshot-000000.008.safetensors"
+    out = pretrained_dir / "synthfaces16.safetensors"
+    argv = ["--run", str(run_dir), "--snapshot", "0.008", "--name", "synthfaces16", "--out", str(out), "--half"]
+    # a report of the float32 snapshot does not describe the float16 weights
+    rc, _, err = run_main(argv + ["--quality-json", str(write_quality(tmp_path, quality_report(snap)))])
+    assert rc == 1 and "--half" in err and "convert" in err and err.count("\n") == 1
+    rc, _, err = run_main(argv + ["--quality-json", str(write_quality(tmp_path, quality_report("gone.safetensors")))])
+    assert rc == 1 and "float16 copy" in err
+    assert not out.exists()
+
+    copy = tmp_path / "copy16.safetensors"
+    assert stylemix_main(["convert", str(snap), str(copy), "--half"]) == 0
+    rc, _, err = run_main(argv + ["--quality-json", str(write_quality(tmp_path, quality_report(copy)))])
+    assert rc == 0, err
+    assert read_header(out)["storage_dtype"] == "float16"
+    assert read_header(out)["weights_sha256"] == read_header(copy)["weights_sha256"]
+    assert out.stat().st_size < 0.6 * snap.stat().st_size
+    ref = load_generator(snap)
+    assert all(torch.equal(a, b.half().float()) for a, b in zip(load_generator(out).state_dict().values(),
+                                                                ref.state_dict().values()))
+    rec = next(m for m in json.loads((pretrained_dir / "MANIFEST.json").read_text())["models"]
+               if m["name"] == "synthfaces16")
+    assert rec["storage_dtype"] == "float16" and rec["size"] == out.stat().st_size
+    assert rec["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+
+    # without --half: the float32 snapshot again, byte for byte
+    rc, _, err = run_main(argv[:-1] + ["--quality-json", str(write_quality(tmp_path, quality_report(snap)))])
+    assert rc == 0, err
+    assert out.read_bytes() == snap.read_bytes()
+    rec = next(m for m in json.loads((pretrained_dir / "MANIFEST.json").read_text())["models"]
+               if m["name"] == "synthfaces16")
+    assert rec["storage_dtype"] == "float32"
+
+
 def test_quality_json_from_captured_stdout(tmp_path):
     report = quality_report("net.safetensors")
     p = tmp_path / "q.txt"

@@ -56,7 +56,8 @@ SNAPSHOT_RE = re.compile(r"^network-snapshot-(\d{6,})(?:\.(\d{3}))?\.(?:safetens
 # benchmarks/bench_mixing.py --record) survive a re-ship of the same weights only.
 RECORD_KEYS = ("name", "path", "sha256", "size", "resolution", "kind", "aligned_domain", "description", "licence",
                "source_page", "made_by", "interim", "kimg", "snapshot", "run", "training_time_s", "training_time_h",
-               "ticks", "resumes", "resumed_by", "kimg_by_conv_dtype", "hardware", "quality", "train_data", "date")
+               "ticks", "resumes", "resumed_by", "kimg_by_conv_dtype", "hardware", "quality", "train_data", "date",
+               "storage_dtype")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -412,8 +413,9 @@ def update_manifest_record(manifest, record: dict) -> list[str]:
     return dropped
 
 
-def _same_model(quality: dict, snapshot: Path, digest: str) -> None:
-    """The quality report must be about this snapshot (same weights, or the same file name)."""
+def _same_model(quality: dict, snapshot: Path, digest: str, *, half: bool = False) -> None:
+    """The quality report must be about this snapshot (same weights, or the same file name); with
+    half, about its float16 weights (a measured converted copy: same digest)."""
     from stylemix.checkpoints import CheckpointError, read_header
 
     model = quality.get("model")
@@ -427,9 +429,17 @@ def _same_model(quality: dict, snapshot: Path, digest: str) -> None:
             other = None
         if other is not None:
             if other != digest:
+                if half:
+                    raise ValueError(f"--half: the quality report measured {model}, whose weights differ from "
+                                     f"{snapshot.name}'s in float16; measure its float16 copy (python -m stylemix "
+                                     f"convert {snapshot} COPY.safetensors --half, then quality --model COPY)")
                 raise ValueError(f"the quality report measured {model}, whose weights differ from {snapshot.name}; "
                                  f"measure the snapshot you ship")
             return
+    if half:
+        raise ValueError(f"--half: the quality report must name the float16 copy it measured (a file), got "
+                         f"{model!r}; python -m stylemix convert {snapshot} COPY.safetensors --half, then "
+                         f"quality --model COPY")
     if mp.name != snapshot.name:
         raise ValueError(f"the quality report measured {model!r}, not {snapshot.name}; measure the snapshot you ship "
                          f"(python -m training.stylegan2.quality --model {snapshot})")
@@ -490,14 +500,20 @@ def _companion_bytes(run: Path, o: dict, nimg: int, snap_path: Path) -> tuple[di
 
 
 def ship(run, *, quality_json, name: str, out, snapshot: str = "latest", manifest=None, interim: bool = False,
-         description: str | None = None, licence: str = DEFAULT_LICENCE, with_d: bool = False, log=print) -> dict:
+         description: str | None = None, licence: str = DEFAULT_LICENCE, with_d: bool = False, half: bool = False,
+         log=print) -> dict:
     """Copy the snapshot to `out` and write its record into `manifest`; returns the record.
 
     with_d: also write the run's D and G at that snapshot (from its training state) as
     `<out stem>_discriminator.safetensors` and `<out stem>_training_generator.safetensors`, recorded
     as '<name>-discriminator' and '<name>-training-generator', so that `train --resume <name>`
     continues from G, G_ema and D. Without it, older companions (records and files) are removed:
-    they belong to other weights."""
+    they belong to other weights.
+
+    half: store the shipped generator's weights as float16 (`save_generator(storage_dtype='float16')`;
+    half the bytes). Those are other weights than the snapshot's, so the quality report must have
+    measured a float16 copy (`python -m stylemix convert SNAPSHOT COPY --half`, then quality on COPY).
+    The companions stay float32: they are for training on."""
     import hashlib
 
     from stylemix.checkpoints import CheckpointError, load_generator, read_header, save_generator
@@ -542,7 +558,9 @@ def ship(run, *, quality_json, name: str, out, snapshot: str = "latest", manifes
         header = read_header(snap_path) if snap_path.suffix == ".safetensors" else None
     except CheckpointError:
         header = None
-    if header is not None and header.get("network") == "Generator":
+    storage = "float16" if half else "float32"
+    if header is not None and header.get("network") == "Generator" and \
+            header.get("storage_dtype", "float32") == storage:
         data = snap_path.read_bytes()
     else:
         G = load_generator(snap_path)
@@ -550,14 +568,14 @@ def ship(run, *, quality_json, name: str, out, snapshot: str = "latest", manifes
                           snapshot=snap_path.name, kimg=nimg / 1000)
         tmp = out.with_name(out.name + ".resave.tmp")
         try:
-            save_generator(G, tmp, provenance=provenance)
+            save_generator(G, tmp, provenance=provenance, storage_dtype=storage)
             header = read_header(tmp)
             data = tmp.read_bytes()
         finally:
             tmp.unlink(missing_ok=True)
     digest = header["weights_sha256"]
     resolution = int(header["kwargs"]["img_resolution"])
-    _same_model(quality, snap_path, digest)
+    _same_model(quality, snap_path, digest, half=half)
 
     companions, state_path = {}, None
     if with_d:
@@ -602,6 +620,7 @@ def ship(run, *, quality_json, name: str, out, snapshot: str = "latest", manifes
         "quality": quality,
         "train_data": train_data,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "storage_dtype": storage,
     }
     if total is not None:
         # a run fine-tuned from one of this trainer's snapshots (e.g. `train --resume NAME` of a shipped
@@ -656,6 +675,9 @@ def main(argv=None) -> int:
     ap.add_argument("--interim", action="store_true", help="ship a snapshot below the quality bar, marked interim")
     ap.add_argument("--description", help="one line for the model list (default: generated)")
     ap.add_argument("--licence", default=DEFAULT_LICENCE, help="licence line (default: the repository's)")
+    ap.add_argument("--half", action="store_true",
+                    help="store the generator's weights as float16 (half the bytes); the quality report must be "
+                         "of a float16 copy: python -m stylemix convert SNAPSHOT COPY --half")
     ap.add_argument("--with-d", dest="with_d", action="store_true",
                     help="also ship the run's D and G at that snapshot (from its training state) as "
                          "<out stem>_discriminator.safetensors and <out stem>_training_generator.safetensors, "
@@ -664,7 +686,7 @@ def main(argv=None) -> int:
     try:
         ship(args.run, quality_json=args.quality_json, name=args.name, out=args.out, snapshot=args.snapshot,
              manifest=args.manifest, interim=args.interim, description=args.description, licence=args.licence,
-             with_d=args.with_d)
+             with_d=args.with_d, half=args.half)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
