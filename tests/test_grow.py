@@ -131,6 +131,8 @@ def test_deeper_mapping_network_is_distilled_from_the_old_one(nets):
     assert err == pytest.approx(info["rel_mse"], rel=0.5)
     with pytest.raises(ValueError, match="--map must be >= 1"):
         deepen_mapping(nets, num_layers=0)
+    with pytest.raises(ValueError, match="--map 3: the mapping network has 3 layers already"):
+        deepen_mapping(deep, num_layers=3)
 
 
 def test_cli_deepens_the_mapping_network_and_training_goes_on(tmp_path):

@@ -185,6 +185,9 @@ def deepen_mapping(nets: dict, *, num_layers: int, steps: int = 3000, batch: int
     if source.c_dim:
         raise ValueError("--map: conditional generators are not supported")
     teacher = source.mapping
+    if num_layers == teacher.num_layers:
+        raise ValueError(f"--map {num_layers}: the mapping network has {num_layers} layers already (distilling "
+                         f"it into the same depth would only approximate it)")
     old_kw = source.init_kwargs.get("mapping_kwargs", {})
     lr_mult = float(old_kw.get("lr_multiplier", 0.01))
     z_dim, w_dim = teacher.z_dim, teacher.w_dim
