@@ -558,9 +558,8 @@ def ship(run, *, quality_json, name: str, out, snapshot: str = "latest", manifes
         header = read_header(snap_path) if snap_path.suffix == ".safetensors" else None
     except CheckpointError:
         header = None
-    storage = "float16" if half else "float32"
     if header is not None and header.get("network") == "Generator" and \
-            header.get("storage_dtype", "float32") == storage:
+            (not half or header.get("storage_dtype") == "float16"):
         data = snap_path.read_bytes()
     else:
         G = load_generator(snap_path)
@@ -568,12 +567,13 @@ def ship(run, *, quality_json, name: str, out, snapshot: str = "latest", manifes
                           snapshot=snap_path.name, kimg=nimg / 1000)
         tmp = out.with_name(out.name + ".resave.tmp")
         try:
-            save_generator(G, tmp, provenance=provenance, storage_dtype=storage)
+            save_generator(G, tmp, provenance=provenance, storage_dtype="float16" if half else "float32")
             header = read_header(tmp)
             data = tmp.read_bytes()
         finally:
             tmp.unlink(missing_ok=True)
     digest = header["weights_sha256"]
+    storage = header.get("storage_dtype", "float32")
     resolution = int(header["kwargs"]["img_resolution"])
     _same_model(quality, snap_path, digest, half=half)
 
