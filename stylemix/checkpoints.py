@@ -56,7 +56,6 @@ __all__ = [
     "FORMAT_NVIDIA", "FORMAT_ROSINALITY", "FORMAT_STYLEMIX", "save_discriminator",
     "detect_format", "load_generator", "load_networks", "save_generator", "describe",
     "read_nvidia_pickle", "rosinality_to_official", "official_to_rosinality", "generator_kwargs",
-    "stored_state_dict",
 ]
 
 FORMAT_NVIDIA = "stylegan2-ada-pickle"
@@ -930,7 +929,7 @@ def save_discriminator(D, path, *, provenance: dict) -> Path:
 STORAGE_DTYPES = {"float32": None, "float16": torch.float16}  # None: as the network holds them
 
 
-def stored_state_dict(net: torch.nn.Module, storage_dtype: str = "float32") -> dict[str, torch.Tensor]:
+def _stored_state_dict(net: torch.nn.Module, storage_dtype: str = "float32") -> dict[str, torch.Tensor]:
     """The tensors a StyleMix file of `net` stores: floating-point ones cast to `storage_dtype`.
 
     Raises ValueError if a value does not fit that type (inf/nan, or beyond float16's +-65504)."""
@@ -959,7 +958,7 @@ def _save_network(net, network: str, path, *, provenance: dict, storage_dtype: s
         raise ValueError(f"provenance must be a dict, got {type(provenance).__name__}: {provenance!r}")
     provenance = _jsonable(provenance, "provenance")
     kwargs = _jsonable(generator_kwargs(net), f"{network} kwargs")
-    sd = stored_state_dict(net, storage_dtype)
+    sd = _stored_state_dict(net, storage_dtype)
     header = {
         "format": FORMAT_STYLEMIX,
         "format_version": STYLEMIX_FORMAT_VERSION,

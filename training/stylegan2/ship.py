@@ -422,6 +422,7 @@ def _same_model(quality: dict, snapshot: Path, digest: str, *, half: bool = Fals
     if not model:
         return
     mp = Path(str(model)).expanduser()
+    make_copy = f"python -m stylemix convert {snapshot} COPY.safetensors --half, then quality --model COPY"
     if mp.is_file():
         try:
             other = read_header(mp).get("weights_sha256")
@@ -431,15 +432,13 @@ def _same_model(quality: dict, snapshot: Path, digest: str, *, half: bool = Fals
             if other != digest:
                 if half:
                     raise ValueError(f"--half: the quality report measured {model}, whose weights differ from "
-                                     f"{snapshot.name}'s in float16; measure its float16 copy (python -m stylemix "
-                                     f"convert {snapshot} COPY.safetensors --half, then quality --model COPY)")
+                                     f"{snapshot.name}'s in float16; measure its float16 copy ({make_copy})")
                 raise ValueError(f"the quality report measured {model}, whose weights differ from {snapshot.name}; "
                                  f"measure the snapshot you ship")
             return
     if half:
         raise ValueError(f"--half: the quality report must name the float16 copy it measured (a file), got "
-                         f"{model!r}; python -m stylemix convert {snapshot} COPY.safetensors --half, then "
-                         f"quality --model COPY")
+                         f"{model!r}; {make_copy}")
     if mp.name != snapshot.name:
         raise ValueError(f"the quality report measured {model!r}, not {snapshot.name}; measure the snapshot you ship "
                          f"(python -m training.stylegan2.quality --model {snapshot})")

@@ -663,8 +663,8 @@ def _run(args) -> int:
                   f"device {device}", flush=True)
         last = _run_with_graceful_stop(trainer)
         if world > 1:
-            # Rank 0 may still be writing the last snapshot: tearing a gloo group down while a peer
-            # is busy aborted the finished rank ("terminate called without an active exception").
+            # Rank 0 may still be writing the last snapshot: every rank waits for it before the group
+            # goes (each then leaves through _end_process).
             dist.barrier()
         if last.get("stopped"):
             return 128 + int(signal.Signals[last["stopped"]])  # the shell's code for "ended by that signal"
